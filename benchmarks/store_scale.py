@@ -1,0 +1,111 @@
+"""Write 1,000,000 synthetic pairs as one store version, then time three catalog queries.
+
+Prints seconds for the store write (contract checks, zstd shards, fsync, sha256, catalog) beside a baseline of
+plain `pyarrow.parquet` writing the same batches, the time of each query, and peak RSS.
+Targets on a 2-core machine: write <= 60 s, each query <= 2 s, peak RSS <= 3 GiB.
+
+    python benchmarks/store_scale.py [--rows 1000000] [--dir /tmp/realign-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from realign_data.schema import MESSAGE, PAIR_SCHEMA, PAIR_TYPES
+from realign_data.store import Store
+
+WORDS = np.array("the model answer prompt revise draft better clear step reason because data small align policy "
+                 "score judge reward sample token list write code function value explain simple result".split())
+
+
+def text_pool(rng: np.random.Generator, size: int, mean_words: int) -> pa.Array:
+    lengths = rng.poisson(mean_words, size) + 1
+    return pa.array([" ".join(rng.choice(WORDS, n)) for n in lengths])
+
+
+def conversation(roles: str, contents: pa.Array) -> pa.Array:
+    offsets = pa.array(np.arange(len(contents) + 1, dtype=np.int32))
+    messages = pa.StructArray.from_arrays([pa.array([roles] * len(contents)), contents], fields=list(MESSAGE))
+    return pa.ListArray.from_arrays(offsets, messages)
+
+
+def synthetic_batches(rows: int, batch_rows: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    prompts, answers = text_pool(rng, 20_000, 25), text_pool(rng, 50_000, 90)
+    params = json.dumps({"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 512})
+    for start in range(0, rows, batch_rows):
+        n = min(batch_rows, rows - start)
+        index = np.arange(start, start + n)
+        prompt_index = index // 3  # about three pairs per prompt
+        chosen_score = rng.normal(7, 1.5, n)
+        rejected_score = chosen_score - rng.exponential(1.5, n)
+        pair_type = np.array(PAIR_TYPES)[rng.choice(4, n, p=[0.5, 0.3, 0.1, 0.1])]
+        yield pa.table({
+            "prompt": conversation("user", prompts.take(pa.array(prompt_index % len(prompts)))),
+            "chosen": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
+            "rejected": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
+            "pair_id": pa.array([f"pair-{i:010d}" for i in index]),
+            "prompt_id": pa.array([f"prompt-{i:010d}" for i in prompt_index]),
+            "pair_type": pa.array(pair_type),
+            "chosen_score": chosen_score, "rejected_score": rejected_score,
+            "margin": chosen_score - rejected_score,
+            "chosen_source": pa.array(["sample"] * n), "rejected_source": pa.array(["sample"] * n),
+            "policy_model": pa.array(["bench-policy"] * n), "reviser_model": pa.array(["bench-reviser"] * n),
+            "scorer": pa.array(["reward:bench"] * n), "sample_params": pa.array([params] * n),
+        }, schema=PAIR_SCHEMA)
+
+
+QUERIES = {
+    "count by pair_type": "SELECT pair_type, count(*) FROM pairs WHERE dataset = 'bench' GROUP BY 1 ORDER BY 1",
+    "margin quantiles": "SELECT pair_type, quantile_cont(margin, [0.1, 0.5, 0.9]) FROM pairs "
+                        "WHERE dataset = 'bench' GROUP BY 1 ORDER BY 1",
+    "join on prompt_id": "SELECT count(*), avg(r.margin - o.margin) FROM pairs o JOIN pairs r USING (prompt_id) "
+                         "WHERE o.pair_type = 'on_policy' AND r.pair_type = 'revision' "
+                         "AND o.dataset = 'bench' AND r.dataset = 'bench'",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-rows", type=int, default=50_000)
+    parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="realign-bench-", dir=args.dir))
+    try:
+        start = time.perf_counter()
+        with pq.ParquetWriter(scratch / "baseline.parquet", PAIR_SCHEMA, compression="zstd") as writer:
+            for batch in synthetic_batches(args.rows, args.batch_rows):
+                writer.write_table(batch, row_group_size=65_536)
+        baseline = time.perf_counter() - start
+
+        store = Store(scratch / "store")
+        start = time.perf_counter()
+        version = store.write_version("bench", synthetic_batches(args.rows, args.batch_rows))
+        written = time.perf_counter() - start
+        size = sum(f["bytes"] for f in version.manifest["files"])
+        print(f"rows: {args.rows:,}  version: {version.ref}  shards: {len(version.files)}  bytes: {size:,}")
+        print(f"write (store): {written:.1f} s   baseline (plain pyarrow zstd): {baseline:.1f} s   "
+              f"ratio: {written / baseline:.2f}   target: <= 60 s")
+        for name, sql in QUERIES.items():
+            start = time.perf_counter()
+            _, rows = store.query(sql)
+            print(f"query {name}: {time.perf_counter() - start:.2f} s   target: <= 2 s   -> {rows[:2]}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"peak RSS: {peak:.2f} GiB   target: <= 3 GiB")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

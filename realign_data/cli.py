@@ -1,0 +1,211 @@
+"""`realign-data`: build, inspect and query versioned ReAlign preference-pair datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load_config
+from realign_data.errors import RealignError
+from realign_data.models import load_tokenizer, resolve_model
+from realign_data.prompts import length_stats, load_prompts
+from realign_data.store import Store
+
+app = typer.Typer(
+    help="Build, inspect and query versioned ReAlign preference-pair datasets.\n\n"
+         "Datasets live in a store (--store or $REALIGN_STORE, default ./realign-store) as immutable NAME@vN "
+         "versions, catalogued in DuckDB.",
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the effective configuration of a manifest.", no_args_is_help=True)
+models_app = typer.Typer(help="Resolve and inspect model specs (Hub ids, directories, .gguf files, aliases).",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+StoreOption = Annotated[Path | None, typer.Option("--store", envvar="REALIGN_STORE", show_default="./realign-store",
+                                                  help="Store root directory.")]
+ManifestOption = Annotated[Path | None, typer.Option("--manifest", "-m", help="YAML manifest (see manifests/).")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set generation.temperature=0.7"
+                                                     " (repeatable).")]
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def emit(columns: list[str], rows: list[Any], fmt: Format, title: str | None = None) -> None:
+    """Print rows as a rich table, CSV or JSON records."""
+    if fmt is Format.json:
+        print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=2, default=str))
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*("" if value is None else str(value) for value in row))
+        console.print(table)
+
+
+@config_app.command("show")
+def config_show(manifest: ManifestOption = None, set_: SetOption = None,
+                fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json")] = "yaml") -> None:
+    """Print the effective build config: defaults, then the manifest, then --set overrides.
+
+    Example: realign-data config show -m manifests/smoke-cpu.yaml --set generation.temperature=0.7
+    """
+    config = config_to_dict(load_config(BuildConfig, manifest, set_))
+    print(json.dumps(config, indent=2) if fmt == "json" else yaml.safe_dump(config, sort_keys=False), end="")
+
+
+@models_app.command("show")
+def models_show(spec: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or the alias "
+                                                    "smollm2-135m-instruct.")],
+                fmt: FormatOption = Format.table) -> None:
+    """Resolve a model spec (converting GGUF once) and print its path, architecture, size and fingerprint."""
+    model = resolve_model(spec)
+    params = model.num_parameters()
+    info = {"spec": spec, "source": model.source, "path": str(model.path), "architecture": model.architecture,
+            "parameters": params, "chat_template": model.has_chat_template, "fingerprint": model.fingerprint()}
+    if fmt is Format.json:
+        print(json.dumps(info, indent=2))
+        return
+    info["parameters"] = f"{params:,}" if params is not None else "unknown (.bin weights)"
+    emit(["field", "value"], list(info.items()), fmt)
+
+
+@app.command("prompts")
+def prompts_preview(
+        source: Annotated[str, typer.Argument(help="builtin, a .jsonl/.json/.parquet/.csv file, or a Hub ID:SPLIT.")],
+        prompt_column: Annotated[str | None, typer.Option(
+            help="Text or chat-messages column (default: prompt, instruction, messages, question).")] = None,
+        limit: Annotated[int | None, typer.Option(min=1, help="Keep at most N prompts (seeded sample).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+        min_chars: Annotated[int, typer.Option(min=0)] = 1,
+        max_chars: Annotated[int | None, typer.Option(min=1)] = None,
+        max_tokens: Annotated[int | None, typer.Option(min=1, help="Drop prompts longer than N tokens "
+                                                       "under --tokenizer.")] = None,
+        tokenizer: Annotated[str | None, typer.Option(help="Model spec whose tokenizer counts tokens.")] = None,
+        show: Annotated[int, typer.Option(min=0, help="How many prompts to preview.")] = 5,
+        fmt: FormatOption = Format.table) -> None:
+    """Validate and preview a prompt source: counts, duplicates dropped, length stats, a few prompts.
+
+    Bad input (invalid JSON line, missing column, empty value, bad bytes, wrong Parquet schema) stops with one
+    line naming the file, line or row and the field, and exit code 2.
+    """
+    config = PromptsConfig(source=source, column=prompt_column, limit=limit, seed=seed, min_chars=min_chars,
+                           max_chars=max_chars, max_tokens=max_tokens, tokenizer=tokenizer)
+    if max_tokens is not None and tokenizer is None:
+        raise RealignError("--max-tokens needs --tokenizer SPEC (e.g. --tokenizer smollm2-135m-instruct)")
+    tok = load_tokenizer(resolve_model(tokenizer)) if tokenizer else None
+    prompt_set = load_prompts(config, tok)
+    stats = {"chars": length_stats([p.num_chars for p in prompt_set.prompts])}
+    if prompt_set.token_lengths is not None:
+        stats["tokens"] = length_stats(prompt_set.token_lengths)
+    if fmt is Format.json:
+        print(json.dumps({**prompt_set.provenance(), "lengths": stats,
+                          "preview": [{"prompt_id": p.prompt_id, "messages": p.messages}
+                                      for p in prompt_set.prompts[:show]]}, indent=2, ensure_ascii=False))
+        return
+    emit(["count", "value"], list(prompt_set.counts.items()), fmt,
+         title=f"{source} (column '{prompt_set.column}')")
+    emit(["length", "min", "median", "mean", "max"],
+         [[unit, *values.values()] for unit, values in stats.items() if values], fmt)
+    emit(["prompt_id", "from", "instruction"],
+         [[p.prompt_id[:12], p.location, p.instruction[:100]] for p in prompt_set.prompts[:show]], fmt)
+
+
+@app.command("list")
+def list_versions(store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+    """List every dataset version in the store."""
+    rows = [[v.ref, v.manifest["created_at"], v.manifest["num_rows"],
+             ", ".join(f"{k}={n}" for k, n in v.manifest["rows_by_pair_type"].items())]
+            for v in Store(store).versions()]
+    emit(["version", "created_at", "rows", "pair_types"], rows, fmt, title=str(Store(store).root))
+
+
+@app.command("show")
+def show(ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its latest version.")],
+         store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+    """Describe a version: rows by pair_type, score and margin quantiles, response lengths, models."""
+    summary = Store(store).summary(ref)
+    if fmt is Format.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
+                  f"{summary['bytes']:,} bytes, created {summary['created_at']}")
+    emit(["pair_type", "rows", "prompts", "margin min/q1/med/q3/max", "chosen score min/med/max",
+          "rejected score min/med/max", "chars chosen mean/max", "chars rejected mean/max"],
+         [[t["pair_type"], t["rows"], t["prompts"], _slashed(t["margin_q"]), _slashed(t["chosen_score_q"]),
+           _slashed(t["rejected_score_q"]), f"{t['chosen_chars_mean']:.0f} / {t['chosen_chars_max']}",
+           f"{t['rejected_chars_mean']:.0f} / {t['rejected_chars_max']}"] for t in summary["by_pair_type"]], fmt)
+    if summary["models"]:
+        emit(["role", "model", "fingerprint"],
+             [[role, m.get("spec"), m.get("fingerprint")] for role, m in summary["models"].items()], fmt)
+
+
+def _slashed(values: list[float]) -> str:
+    return " / ".join(f"{v:.3g}" for v in values)
+
+
+@app.command("query")
+def query(sql: Annotated[str, typer.Argument(help="Read-only SQL over the views `pairs` and `versions`.")],
+          store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+    """Run read-only SQL on the catalog (DuckDB). Statements that write are refused.
+
+    Example: realign-data query "SELECT dataset, version, pair_type, count(*) FROM pairs GROUP BY ALL"
+    """
+    columns, rows = Store(store).query(sql)
+    emit(columns, rows, fmt)
+
+
+@app.command("verify")
+def verify(ref: Annotated[str, typer.Argument(help="NAME@vN")], store: StoreOption = None) -> None:
+    """Re-hash every file of a version against its manifest; any change is reported and exits 1."""
+    target = Store(store)
+    problems = target.verify(ref)
+    version = target.resolve(ref)
+    if problems:
+        for problem in problems:
+            print(f"{version.ref}: {problem}", file=sys.stderr)
+        raise typer.Exit(1)
+    console.print(f"{version.ref}: OK, {len(version.manifest['files'])} file(s) match their sha256")
+
+
+@app.command("export")
+def export(ref: Annotated[str, typer.Argument(help="NAME@vN")],
+           out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+           fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.jsonl,
+           store: StoreOption = None) -> None:
+    """Export a version as one JSONL file or as its Parquet shards plus manifest."""
+    written = Store(store).export(ref, fmt.value, out)
+    console.print(f"wrote {written}")
+
+
+def main() -> None:
+    """Console entry point: errors a person can act on become one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except RealignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,200 @@
+"""Typed configs loaded from YAML manifests, with CLI overrides.
+
+A manifest is a YAML mapping validated by a pydantic model. Precedence, lowest first: the model's defaults, the
+manifest file, dotted ``--set a.b=value`` overrides, then explicit CLI options. Unknown keys and wrong types are
+rejected with the dotted path of the field. Secrets never live in a manifest: fields such as ``api_key_env`` name
+the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from realign_data.errors import InputError
+
+SECRET_KEYS = frozenset({"api_key", "token", "hf_token", "password", "secret", "openai_api_key", "access_token"})
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
+    """A model spec (Hub id, local directory, .gguf file or built-in alias) and how to load it."""
+
+    spec: str = "smollm2-135m-instruct"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+
+
+class PromptsConfig(StrictModel):
+    """Where prompts come from and how they are filtered."""
+
+    source: str = Field("builtin", description="builtin, a .jsonl/.json/.parquet/.csv file, or a Hub ID:SPLIT")
+    column: str | None = Field(None, description="text or chat-messages column; default: first of prompt, "
+                               "instruction, messages, question")
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="drop prompts longer than this under `tokenizer`")
+    tokenizer: str | None = Field(None, description="model spec whose tokenizer counts tokens; default: the policy")
+
+
+class EngineConfig(StrictModel):
+    """The generation backend; `openai` reaches any OpenAI-compatible server."""
+
+    kind: Literal["hf", "openai", "vllm"] = "hf"
+    batch_size: int = Field(8, ge=1)
+    base_urls: list[str] = Field(default_factory=list)
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(16, ge=1)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class GenerationConfig(StrictModel):
+    """Sampling parameters for on-policy samples and revisions."""
+
+    num_samples: int = Field(2, ge=1)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class ScoringConfig(StrictModel):
+    """How responses are scored: a reward model, or an instruct model as a pointwise 1-10 judge."""
+
+    method: Literal["judge", "reward_model"] = "judge"
+    model: ModelConfig | None = Field(None, description="default: the policy model")
+    batch_size: int = Field(8, ge=1)
+    template: str | None = Field(None, description="file with a judge template replacing the built-in one")
+
+
+class RevisionConfig(StrictModel):
+    """The reviser that rewrites a draft given the instruction and the draft."""
+
+    reviser: ModelConfig | None = Field(None, description="default: the policy model, prompted zero-shot")
+    template: str | None = Field(None, description="file with a revision template replacing the built-in one")
+    drafts_per_prompt: int = Field(1, ge=1)
+
+
+class PairsConfig(StrictModel):
+    """Which pair types are built, the margin rule and the final mix."""
+
+    types: list[Literal["on_policy", "revision", "revision_direct", "reviser_train"]] = Field(
+        default_factory=lambda: ["on_policy", "revision", "reviser_train"])
+    min_margin: float = 0.0
+    mix: dict[str, float] = Field(default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0")
+    seed: int = 0
+
+
+class BuildConfig(StrictModel):
+    """The whole `realign-data build` recipe."""
+
+    dataset: str = Field("smoke", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    policy: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    revision: RevisionConfig = Field(default_factory=RevisionConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a YAML manifest into a mapping; a missing or malformed file is an InputError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: manifest not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a manifest must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, label: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key == "a.b.c"``, creating sections as needed."""
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"{label}: {'.'.join(parents[:depth + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key.sub=value`` overrides; values are parsed as YAML scalars (``0.7``, ``true``, ``[a, b]``)."""
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. generation.temperature=0.7")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(data, key, value, f"--set {item!r}")
+    return data
+
+
+def _reject_secrets(data: Any, path: str, origin: str) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in SECRET_KEYS:
+                raise InputError(f"{origin}: {dotted}: secrets are not allowed in manifests; put the secret in an "
+                                 f"environment variable (e.g. HF_TOKEN, OPENAI_API_KEY) and name it in *_env fields")
+            _reject_secrets(value, dotted, origin)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    dotted = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{dotted}: unknown key"
+    return f"{dotted}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(model: type[Config], manifest: str | Path | None = None, sets: list[str] | None = None,
+                options: dict[str, Any] | None = None) -> Config:
+    """Build a config from defaults, a manifest, ``--set`` overrides and explicit options (dotted keys)."""
+    origin = str(manifest) if manifest else "config"
+    data = read_manifest(manifest) if manifest else {}
+    data = apply_overrides(data, list(sets or []))
+    for key, value in (options or {}).items():
+        if value is not None:
+            set_dotted(data, key, value, f"option {key}")
+    _reject_secrets(data, "", origin)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{origin}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """The effective config as plain JSON-able data, as stored with every dataset, model and report."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,300 @@
+"""Prompt sources: the built-in set, JSONL / JSON / Parquet / CSV files, and Hub datasets (``ID:SPLIT``).
+
+Every source yields chat conversations ending with a user turn. Text is stripped and Unicode-NFC normalized; the
+``prompt_id`` is the sha256 of the normalized instruction (for a single user turn) or of the canonical JSON of the
+conversation (multi-turn). Bad input raises an InputError naming the file, line or row, and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import statistics
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from realign_data.config import PromptsConfig
+from realign_data.errors import InputError, RealignError
+
+BUILTIN = "builtin"
+DEFAULT_COLUMNS = ("prompt", "instruction", "messages", "question")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+HUB_SOURCE = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<split>[\w.\[\]:%+-]+)$")
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    messages: Messages
+    location: str  # where it came from, e.g. "prompts.jsonl:12"
+
+    @property
+    def instruction(self) -> str:
+        """The last user turn: what the policy is asked to do."""
+        return self.messages[-1]["content"]
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(m["content"]) for m in self.messages)
+
+
+@dataclass
+class PromptSet:
+    prompts: list[Prompt]
+    source: str
+    source_fingerprint: str
+    column: str
+    counts: dict[str, int] = field(default_factory=dict)
+    token_lengths: list[int] | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        return {"source": self.source, "fingerprint": self.source_fingerprint, "column": self.column,
+                "counts": self.counts}
+
+
+def normalize(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def prompt_id_for(messages: Messages) -> str:
+    if len(messages) == 1:
+        key = messages[0]["content"]
+    else:
+        key = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def to_messages(value: Any, where: str, column: str) -> Messages:
+    """Validate one raw cell (text or chat messages) into a normalized conversation ending with a user turn."""
+    if isinstance(value, str):
+        text = normalize(value)
+        if not text:
+            raise InputError(f"{where}: field '{column}' is empty")
+        return [{"role": "user", "content": text}]
+    if isinstance(value, list) and value:
+        messages = []
+        for i, message in enumerate(value):
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                raise InputError(f"{where}: field '{column}[{i}]' must be a {{role, content}} message with strings")
+            messages.append({"role": message["role"].strip().lower(), "content": normalize(message["content"])})
+        while messages and messages[-1]["role"] == "assistant":  # keep the conversation up to the last user turn
+            messages.pop()
+        if not messages or messages[-1]["role"] != "user":
+            raise InputError(f"{where}: field '{column}' has no user message to answer")
+        if not messages[-1]["content"]:
+            raise InputError(f"{where}: field '{column}' has an empty user message")
+        return messages
+    if value is None or value == []:
+        raise InputError(f"{where}: field '{column}' is empty")
+    raise InputError(f"{where}: field '{column}' must be a non-empty string or a list of chat messages, "
+                     f"got {type(value).__name__}")
+
+
+def _decode(data: bytes, name: str, first_line: int = 1) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = first_line + data.count(b"\n", 0, exc.start)
+        raise InputError(f"{name}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}: {exc.reason})") from None
+
+
+def _pick_column(available: list[str], column: str | None, name: str) -> str:
+    if column is not None:
+        if column not in available:
+            raise InputError(f"{name}: no column '{column}' (columns: {', '.join(available) or 'none'})")
+        return column
+    for candidate in DEFAULT_COLUMNS:
+        if candidate in available:
+            return candidate
+    raise InputError(f"{name}: no prompt column among {', '.join(available) or 'none'}; pass --prompt-column")
+
+
+def _read_jsonl(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
+    rows = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        text = _decode(raw, name, number) if raw.strip() else ""
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((f"{name}:{number}", row))
+    if not rows:
+        raise InputError(f"{name}: empty file, no prompts")
+    column = _pick_column(list(rows[0][1]), column, rows[0][0])
+    return column, ((where, _field(row, column, where)) for where, row in rows)
+
+
+def _field(row: dict[str, Any], column: str, where: str) -> Any:
+    if column not in row:
+        raise InputError(f"{where}: missing field '{column}'")
+    return row[column]
+
+
+def _read_json(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
+    text = _decode(data, name)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(rows, dict) and len(rows) == 1 and isinstance(next(iter(rows.values())), list):
+        rows = next(iter(rows.values()))  # {"data": [...]} style
+    if not isinstance(rows, list):
+        raise InputError(f"{name}: expected a JSON array of objects, got {type(rows).__name__}")
+    if not rows:
+        raise InputError(f"{name}: empty array, no prompts")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InputError(f"{name}: row {i}: expected a JSON object, got {type(row).__name__}")
+    column = _pick_column(list(rows[0]), column, f"{name}: row 0")
+    return column, ((f"{name}: row {i}", _field(row, column, f"{name}: row {i}")) for i, row in enumerate(rows))
+
+
+def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(_decode(data, name), newline=""))
+    if not reader.fieldnames:
+        raise InputError(f"{name}: empty file, no header row")
+    column = _pick_column(list(reader.fieldnames), column, name)
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        count = 0
+        for row in reader:
+            count += 1
+            yield f"{name}:{reader.line_num}", row[column]
+        if count == 0:
+            raise InputError(f"{name}: header only, no prompts")
+
+    return column, rows()
+
+
+def _read_parquet(path: Path, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{name}: not a readable Parquet file ({exc})") from None
+    schema = parquet.schema_arrow
+    column = _pick_column(schema.names, column, name)
+    kind = schema.field(column).type
+    is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    is_chat = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type) \
+        and {"role", "content"} <= {f.name for f in kind.value_type}
+    if not (is_text or is_chat):
+        raise InputError(f"{name}: column '{column}' has type {kind}; expected a string or a list of "
+                         "{role, content} messages")
+    if parquet.metadata.num_rows == 0:
+        raise InputError(f"{name}: no rows, no prompts")
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        index = 0
+        for batch in parquet.iter_batches(columns=[column], batch_size=8192):
+            for value in batch.column(0).to_pylist():
+                yield f"{name}: row {index}", value
+                index += 1
+
+    return column, rows()
+
+
+def _read_hub(source: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]], str]:
+    import datasets
+
+    match = HUB_SOURCE.match(source)
+    try:
+        dataset = datasets.load_dataset(match["id"], split=match["split"])
+    except (ConnectionError, OSError, FileNotFoundError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RealignError(f"{source}: cannot load the dataset from the Hugging Face Hub ({reason}); save it to a "
+                           ".jsonl/.parquet file where the Hub is reachable and pass that file") from None
+    column = _pick_column(list(dataset.column_names), column, source)
+    rows = ((f"{source} row {i}", value) for i, value in enumerate(dataset[column]))
+    return column, rows, f"hub:{source}@{dataset._fingerprint}"
+
+
+def read_source(source: str, column: str | None = None) -> tuple[str, list[tuple[str, Messages]], str]:
+    """Read and validate every row: (column used, [(location, messages)], source fingerprint)."""
+    if source == BUILTIN:
+        data = resources.files("realign_data").joinpath("data/builtin_prompts.jsonl").read_bytes()
+        column, rows = _read_jsonl(data, BUILTIN, column)
+        fingerprint = f"builtin:sha256:{hashlib.sha256(data).hexdigest()}"
+    elif Path(source).expanduser().is_file():
+        path = Path(source).expanduser()
+        suffix = path.suffix.lower()
+        if suffix not in FILE_SUFFIXES:
+            raise InputError(f"{source}: unsupported file type '{suffix}' (use {', '.join(FILE_SUFFIXES)})")
+        data = path.read_bytes()
+        if not data.strip():
+            raise InputError(f"{source}: empty file, no prompts")
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+        column, rows = (_read_parquet(path, source, column) if suffix == ".parquet"
+                        else readers[suffix](data, source, column))
+        fingerprint = f"file:sha256:{hashlib.sha256(data).hexdigest()}"
+    elif HUB_SOURCE.match(source):
+        column, rows, fingerprint = _read_hub(source, column)
+    else:
+        raise InputError(f"{source}: no such file, and not a Hub dataset ID:SPLIT "
+                         "(e.g. HuggingFaceH4/ultrafeedback_binarized:train_prefs)")
+    return column, [(where, to_messages(value, where, column)) for where, value in rows], fingerprint
+
+
+def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
+    """Read, normalize, de-duplicate, filter and sample prompts as ``config`` says; counts go in ``counts``."""
+    column, rows, fingerprint = read_source(config.source, config.column)
+    seen: set[str] = set()
+    prompts: list[Prompt] = []
+    for where, messages in rows:
+        prompt = Prompt(prompt_id_for(messages), messages, where)
+        if prompt.prompt_id not in seen:
+            seen.add(prompt.prompt_id)
+            prompts.append(prompt)
+    counts = {"read": len(rows), "duplicates": len(rows) - len(prompts)}
+
+    kept = [p for p in prompts if p.num_chars >= config.min_chars]
+    counts["too_short"] = len(prompts) - len(kept)
+    before = len(kept)
+    if config.max_chars is not None:
+        kept = [p for p in kept if p.num_chars <= config.max_chars]
+    counts["too_long_chars"] = before - len(kept)
+
+    lengths = None
+    if tokenizer is not None:
+        lengths = [len(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"]) for p in kept]
+    before = len(kept)
+    if config.max_tokens is not None:
+        if lengths is None:
+            raise InputError("prompts.max_tokens needs a tokenizer (prompts.tokenizer or the policy model)")
+        pairs = [(p, n) for p, n in zip(kept, lengths, strict=True) if n <= config.max_tokens]
+        kept, lengths = [p for p, _ in pairs], [n for _, n in pairs]
+    counts["too_long_tokens"] = before - len(kept)
+
+    before = len(kept)
+    if config.limit is not None and config.limit < len(kept):
+        chosen = sorted(random.Random(config.seed).sample(range(len(kept)), config.limit))
+        kept = [kept[i] for i in chosen]
+        lengths = [lengths[i] for i in chosen] if lengths is not None else None
+    counts["not_sampled"] = before - len(kept)
+    counts["kept"] = len(kept)
+    return PromptSet(kept, config.source, fingerprint, column, counts, lengths)
+
+
+def length_stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": min(values), "median": statistics.median(values), "mean": round(statistics.fmean(values), 1),
+            "max": max(values)}

