@@ -12,8 +12,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from realign_data.build import Build, BuildResult
 from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load_config
 from realign_data.errors import RealignError
 from realign_data.models import load_tokenizer, resolve_model
@@ -202,8 +204,110 @@ def export(ref: Annotated[str, typer.Argument(help="NAME@vN")],
     console.print(f"wrote {written}")
 
 
+RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Cache folder under <store>/runs/ "
+                                                  "(default: the dataset name).")]
+FreshOption = Annotated[bool, typer.Option("--fresh", help="Discard this run's cached stage results first.")]
+
+
+def _build_config(manifest: Path | None, sets: list[str] | None, **options: Any) -> BuildConfig:
+    return load_config(BuildConfig, manifest, sets, options)
+
+
+def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fresh: bool, until: str,
+                commit: bool) -> BuildResult:
+    """Run the pipeline with one progress bar per stage; print the summary table."""
+    columns = [TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        def task(description: str, total: int):
+            task_id = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task_id, n)
+
+        build = Build(config, Store(store), run_id=run_id, fresh=fresh, progress=task)
+        result = build.run(until)
+        if commit:
+            build.commit(result)
+    _print_summary(result, until)
+    return result
+
+
+def _print_summary(result: BuildResult, until: str) -> None:
+    stats = result.stats
+    table = Table("", "value", title="realign-data build summary")
+    table.add_row("prompts", f"{stats['prompts']} ({result.prompts.counts['read']} read, "
+                             f"{result.prompts.counts['duplicates']} duplicates dropped)")
+    table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit max_new_tokens)")
+    table.add_row("revisions", str(stats["revisions"]))
+    table.add_row("computed now", ", ".join(f"{k}={v}" for k, v in stats["computed"].items()) or "all cached")
+    for name in ("sample_scores", "revision_scores"):
+        if stats[name]:
+            s = stats[name]
+            table.add_row(name.replace("_", " "), f"mean {s['mean']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
+    if until == "pairs":
+        for pair_type, counts in result.mix.items():
+            kept = counts["after"] if counts["before"] == counts["after"] else \
+                f"{counts['after']} (of {counts['before']}, weight {counts['weight']})"
+            table.add_row(f"pairs {pair_type}", str(kept))
+        if result.dropped:
+            table.add_row("dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())))
+    for stage, failures in result.failures.items():
+        shown = "; ".join(failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
+        table.add_row(f"failed in {stage}", f"{len(failures)}: {shown}")
+    if result.version is not None:
+        table.add_row("version written", f"[bold green]{result.version.ref}[/] ({len(result.rows)} pairs)")
+        table.add_row("look at it", f'realign-data query "SELECT pair_type, count(*), avg(margin) FROM pairs '
+                                    f"WHERE dataset = '{result.version.name}' AND version = {result.version.version} "
+                                    f'GROUP BY 1"')
+    console.print(table)
+
+
+def _stage_command(until: str, commit: bool, doc: str):
+    def command(manifest: ManifestOption = None, set_: SetOption = None, store: StoreOption = None,
+                run_id: RunIdOption = None, fresh: FreshOption = False,
+                dataset: Annotated[str | None, typer.Option(help="Dataset name to write.")] = None,
+                prompts: Annotated[str | None, typer.Option(help="Prompt source (builtin, a file, or ID:SPLIT).")]
+                = None,
+                limit: Annotated[int | None, typer.Option(min=1, help="Number of prompts.")] = None,
+                policy: Annotated[str | None, typer.Option(help="Policy model spec.")] = None,
+                engine: Annotated[str | None, typer.Option(help="hf, openai or vllm.")] = None,
+                num_samples: Annotated[int | None, typer.Option(min=1, help="Samples per prompt.")] = None,
+                max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+        config = _build_config(manifest, set_, **{
+            "dataset": dataset, "prompts.source": prompts, "prompts.limit": limit, "policy.spec": policy,
+            "engine.kind": engine, "generation.num_samples": num_samples, "generation.max_new_tokens": max_new_tokens})
+        _run_stages(config, store, run_id, fresh, until, commit)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("build")(_stage_command("pairs", True, """Build a ReAlign pair dataset: generate, score, revise, pair, commit.
+
+    With no arguments it runs the embedded CPU recipe (manifests/smoke-cpu.yaml): 16 built-in prompts x 2 samples
+    from SmolLM2-135M-Instruct as policy, zero-shot reviser and judge. Finished work is cached under
+    <store>/runs/<run-id>/, so an interrupted build resumes where it stopped.
+
+    Examples:
+      realign-data build
+      realign-data build -m manifests/realign-qwen2.5-0.5b.yaml
+      realign-data build --prompts my.jsonl --limit 200 --num-samples 4 --set pairs.mix="{on_policy: 1, revision: 0.5}"
+    """))
+app.command("generate")(_stage_command("generate", False, "Stage 1: sample K responses per prompt from the policy "
+                                       "(cached; same options as build)."))
+app.command("score")(_stage_command("score", False, "Stage 2: score every sample with the judge or reward model "
+                                    "(runs stage 1 as needed)."))
+app.command("revise")(_stage_command("revise", False, "Stage 3: revise drafts with the reviser and score the "
+                                     "revisions (runs stages 1-2 as needed)."))
+app.command("pairs")(_stage_command("pairs", False, "Stage 4: construct and mix the pairs and print their counts, "
+                                    "without writing a version (runs stages 1-3 as needed)."))
+
+
 def main() -> None:
     """Console entry point: errors a person can act on become one line on stderr and a non-zero exit."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
         app()
     except RealignError as exc:

@@ -45,6 +45,8 @@ class PromptsConfig(StrictModel):
     max_chars: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="drop prompts longer than this under `tokenizer`")
     tokenizer: str | None = Field(None, description="model spec whose tokenizer counts tokens; default: the policy")
+    reference_column: str | None = Field(None, description="optional reference responses (text, or messages whose "
+                                         "last assistant turn is used), e.g. UltraFeedback's chosen")
 
 
 class EngineConfig(StrictModel):
@@ -75,17 +77,22 @@ class ScoringConfig(StrictModel):
     """How responses are scored: a reward model, or an instruct model as a pointwise 1-10 judge."""
 
     method: Literal["judge", "reward_model"] = "judge"
-    model: ModelConfig | None = Field(None, description="default: the policy model")
+    model: ModelConfig | None = Field(None, description="judge default: the policy model; required for reward_model")
+    engine: EngineConfig | None = Field(None, description="engine for a judge; default: the top-level engine")
     batch_size: int = Field(8, ge=1)
     template: str | None = Field(None, description="file with a judge template replacing the built-in one")
+    max_attempts: int = Field(3, ge=1, description="text judges: asks per item before it counts as unparseable")
 
 
 class RevisionConfig(StrictModel):
     """The reviser that rewrites a draft given the instruction and the draft."""
 
     reviser: ModelConfig | None = Field(None, description="default: the policy model, prompted zero-shot")
+    engine: EngineConfig | None = Field(None, description="default: the top-level engine")
     template: str | None = Field(None, description="file with a revision template replacing the built-in one")
-    drafts_per_prompt: int = Field(1, ge=1)
+    drafts_per_prompt: int = Field(1, ge=1, description="samples 0..N-1 of each prompt are revised")
+    temperature: float = Field(0.7, ge=0.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: generation.max_new_tokens")
 
 
 class PairsConfig(StrictModel):
@@ -99,10 +106,10 @@ class PairsConfig(StrictModel):
 
 
 class BuildConfig(StrictModel):
-    """The whole `realign-data build` recipe."""
+    """The whole `realign-data build` recipe; its defaults are the embedded CPU smoke recipe (smoke-cpu.yaml)."""
 
     dataset: str = Field("smoke", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    prompts: PromptsConfig = Field(default_factory=lambda: PromptsConfig(limit=16))
     policy: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

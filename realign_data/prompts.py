@@ -37,6 +37,7 @@ class Prompt:
     prompt_id: str
     messages: Messages
     location: str  # where it came from, e.g. "prompts.jsonl:12"
+    reference: str | None = None  # a reference response from the source, when one was asked for
 
     @property
     def instruction(self) -> str:
@@ -135,8 +136,7 @@ def _read_jsonl(data: bytes, name: str, column: str | None) -> tuple[str, Iterat
         rows.append((f"{name}:{number}", row))
     if not rows:
         raise InputError(f"{name}: empty file, no prompts")
-    column = _pick_column(list(rows[0][1]), column, rows[0][0])
-    return column, ((where, _field(row, column, where)) for where, row in rows)
+    return _pick_column(list(rows[0][1]), column, rows[0][0]), iter(rows)
 
 
 def _field(row: dict[str, Any], column: str, where: str) -> Any:
@@ -161,7 +161,7 @@ def _read_json(data: bytes, name: str, column: str | None) -> tuple[str, Iterato
         if not isinstance(row, dict):
             raise InputError(f"{name}: row {i}: expected a JSON object, got {type(row).__name__}")
     column = _pick_column(list(rows[0]), column, f"{name}: row 0")
-    return column, ((f"{name}: row {i}", _field(row, column, f"{name}: row {i}")) for i, row in enumerate(rows))
+    return column, ((f"{name}: row {i}", row) for i, row in enumerate(rows))
 
 
 def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
@@ -174,14 +174,15 @@ def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator
         count = 0
         for row in reader:
             count += 1
-            yield f"{name}:{reader.line_num}", row[column]
+            yield f"{name}:{reader.line_num}", row
         if count == 0:
             raise InputError(f"{name}: header only, no prompts")
 
     return column, rows()
 
 
-def _read_parquet(path: Path, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
+def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
+        -> tuple[str, Iterator[tuple[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -201,17 +202,20 @@ def _read_parquet(path: Path, name: str, column: str | None) -> tuple[str, Itera
     if parquet.metadata.num_rows == 0:
         raise InputError(f"{name}: no rows, no prompts")
 
+    for other in extra:
+        _pick_column(schema.names, other, name)
+
     def rows() -> Iterator[tuple[str, Any]]:
         index = 0
-        for batch in parquet.iter_batches(columns=[column], batch_size=8192):
-            for value in batch.column(0).to_pylist():
-                yield f"{name}: row {index}", value
+        for batch in parquet.iter_batches(columns=list(dict.fromkeys([column, *extra])), batch_size=8192):
+            for record in batch.to_pylist():
+                yield f"{name}: row {index}", record
                 index += 1
 
     return column, rows()
 
 
-def _read_hub(source: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]], str]:
+def _read_hub(source: str, column: str | None, extra: list[str]) -> tuple[str, Iterator[tuple[str, Any]], str]:
     import datasets
 
     match = HUB_SOURCE.match(source)
@@ -222,12 +226,29 @@ def _read_hub(source: str, column: str | None) -> tuple[str, Iterator[tuple[str,
         raise RealignError(f"{source}: cannot load the dataset from the Hugging Face Hub ({reason}); save it to a "
                            ".jsonl/.parquet file where the Hub is reachable and pass that file") from None
     column = _pick_column(list(dataset.column_names), column, source)
-    rows = ((f"{source} row {i}", value) for i, value in enumerate(dataset[column]))
+    for other in extra:
+        _pick_column(list(dataset.column_names), other, source)
+    selected = dataset.select_columns(list(dict.fromkeys([column, *extra])))
+    rows = ((f"{source} row {i}", record) for i, record in enumerate(selected))
     return column, rows, f"hub:{source}@{dataset._fingerprint}"
 
 
-def read_source(source: str, column: str | None = None) -> tuple[str, list[tuple[str, Messages]], str]:
-    """Read and validate every row: (column used, [(location, messages)], source fingerprint)."""
+def reference_text(value: Any, where: str, column: str) -> str | None:
+    """A reference response: text, or the last assistant turn of a messages list."""
+    if isinstance(value, list):
+        turns = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        value = turns[-1] if turns else None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{where}: field '{column}' must be text or chat messages, got {type(value).__name__}")
+    return normalize(value) or None
+
+
+def read_source(source: str, column: str | None = None, reference_column: str | None = None) \
+        -> tuple[str, list[tuple[str, Messages, str | None]], str]:
+    """Read and validate every row: (column used, [(location, messages, reference)], source fingerprint)."""
+    extra = [reference_column] if reference_column else []
     if source == BUILTIN:
         data = resources.files("realign_data").joinpath("data/builtin_prompts.jsonl").read_bytes()
         column, rows = _read_jsonl(data, BUILTIN, column)
@@ -241,24 +262,30 @@ def read_source(source: str, column: str | None = None) -> tuple[str, list[tuple
         if not data.strip():
             raise InputError(f"{source}: empty file, no prompts")
         readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
-        column, rows = (_read_parquet(path, source, column) if suffix == ".parquet"
+        column, rows = (_read_parquet(path, source, column, extra) if suffix == ".parquet"
                         else readers[suffix](data, source, column))
         fingerprint = f"file:sha256:{hashlib.sha256(data).hexdigest()}"
     elif HUB_SOURCE.match(source):
-        column, rows, fingerprint = _read_hub(source, column)
+        column, rows, fingerprint = _read_hub(source, column, extra)
     else:
         raise InputError(f"{source}: no such file, and not a Hub dataset ID:SPLIT "
                          "(e.g. HuggingFaceH4/ultrafeedback_binarized:train_prefs)")
-    return column, [(where, to_messages(value, where, column)) for where, value in rows], fingerprint
+    records = []
+    for where, record in rows:
+        messages = to_messages(_field(record, column, where), where, column)
+        reference = (reference_text(_field(record, reference_column, where), where, reference_column)
+                     if reference_column else None)
+        records.append((where, messages, reference))
+    return column, records, fingerprint
 
 
 def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
     """Read, normalize, de-duplicate, filter and sample prompts as ``config`` says; counts go in ``counts``."""
-    column, rows, fingerprint = read_source(config.source, config.column)
+    column, rows, fingerprint = read_source(config.source, config.column, config.reference_column)
     seen: set[str] = set()
     prompts: list[Prompt] = []
-    for where, messages in rows:
-        prompt = Prompt(prompt_id_for(messages), messages, where)
+    for where, messages, reference in rows:
+        prompt = Prompt(prompt_id_for(messages), messages, where, reference)
         if prompt.prompt_id not in seen:
             seen.add(prompt.prompt_id)
             prompts.append(prompt)

@@ -21,7 +21,7 @@ def test_manifest_then_set_then_options_take_precedence(tmp_path):
     assert config.generation.temperature == 0.7
     assert config.generation.num_samples == 6
     assert config.pairs.mix == {"on_policy": 1.0}
-    assert config.prompts.limit is None  # None options leave the manifest value alone
+    assert config.prompts.limit == 16  # a None option leaves the default (the smoke recipe) alone
 
 
 @pytest.mark.parametrize("text, sets, message", [

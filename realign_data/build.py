@@ -1,0 +1,297 @@
+"""The build pipeline: prompts -> generate -> score -> revise -> pairs -> commit, resumable at every step.
+
+Each stage caches its results under ``<store>/runs/<run-id>/<stage>/`` keyed by content, so a re-run (after an
+interruption, or with more samples) computes only what is missing. Models are loaded once and shared between
+roles: in the embedded default, SmolLM2 is policy, reviser and judge from one set of weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from realign_data.config import BuildConfig, EngineConfig, ModelConfig, config_to_dict
+from realign_data.engines import GenerationRequest, SamplingParams, create_engine
+from realign_data.errors import RealignError
+from realign_data.models import load_model, load_tokenizer, resolve_model
+from realign_data.pairs import PromptResults, Provenance, Response, build_pairs, mix_pairs, revision_prompt
+from realign_data.prompts import PromptSet, load_prompts
+from realign_data.runs import StageCache, content_key
+from realign_data.schema import PAIR_SCHEMA
+from realign_data.scoring import LogprobJudge, RewardModelScorer, ScoreItem, TextJudge
+from realign_data.store import Store, Version
+from realign_data.templates import load_template
+
+STAGES = ("generate", "score", "revise", "pairs")
+TaskFactory = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+
+SAMPLES = pa.schema([("key", pa.string()), ("prompt_id", pa.string()), ("index", pa.int32()), ("text", pa.string()),
+                     ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()), ("finish_reason", pa.string())])
+SCORES = pa.schema([("key", pa.string()), ("score", pa.float64()), ("detail", pa.string())])
+
+
+@dataclass
+class BuildResult:
+    prompts: PromptSet
+    results: list[PromptResults]
+    rows: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    mix: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    version: Version | None = None
+
+
+def _no_progress(description: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+class Build:
+    def __init__(self, config: BuildConfig, store: Store, run_id: str | None = None, fresh: bool = False,
+                 progress: TaskFactory | None = None):
+        self.config = config
+        self.store = store
+        self.run_dir = store.root / "runs" / (run_id or config.dataset)
+        if fresh:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.progress = progress or _no_progress
+        self._engines: dict[tuple, Any] = {}
+        self._identities: dict[tuple, str] = {}
+        self.failures: dict[str, list[str]] = {}
+        self.computed: Counter = Counter()
+        self.revision_template = load_template("revision", ("instruction", "draft"), config.revision.template)
+        self.judge_template = load_template("judge", ("instruction", "response"), config.scoring.template)
+
+    # ---- models and engines, loaded lazily and shared between roles ------------------------------------------
+    def identity(self, engine: EngineConfig, model: ModelConfig) -> str:
+        """What produced a result, without loading weights: spec@fingerprint, or the served model name."""
+        key = (engine.kind, model.spec)
+        if key not in self._identities:
+            self._identities[key] = (f"openai:{model.spec}" if engine.kind == "openai"
+                                     else f"{model.spec}@{resolve_model(model.spec).fingerprint()}")
+        return self._identities[key]
+
+    def engine(self, engine: EngineConfig, model: ModelConfig):
+        key = (engine.kind, model.spec, model.dtype, model.device, tuple(engine.base_urls))
+        if key not in self._engines:
+            self._engines[key] = create_engine(engine, model)
+        return self._engines[key]
+
+    @property
+    def reviser(self) -> tuple[EngineConfig, ModelConfig]:
+        return self.config.revision.engine or self.config.engine, self.config.revision.reviser or self.config.policy
+
+    @property
+    def judge(self) -> tuple[EngineConfig, ModelConfig]:
+        model = self.config.scoring.model or self.config.policy
+        if self.config.scoring.method == "reward_model" and self.config.scoring.model is None:
+            raise RealignError("scoring.model is required with scoring.method=reward_model, e.g. "
+                               "--set scoring.model.spec=Skywork/Skywork-Reward-Llama-3.1-8B-v0.2")
+        return self.config.scoring.engine or self.config.engine, model
+
+    def sample_params(self) -> SamplingParams:
+        g = self.config.generation
+        return SamplingParams(n=g.num_samples, temperature=g.temperature, top_p=g.top_p,
+                              max_new_tokens=g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
+
+    def revision_params(self) -> SamplingParams:
+        g, r = self.config.generation, self.config.revision
+        return SamplingParams(n=1, temperature=r.temperature, top_p=g.top_p,
+                              max_new_tokens=r.max_new_tokens or g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
+
+    # ---- stages ----------------------------------------------------------------------------------------------
+    def load_prompts(self) -> PromptSet:
+        tokenizer = None
+        if self.config.prompts.max_tokens is not None:
+            spec = self.config.prompts.tokenizer or self.config.policy.spec
+            tokenizer = load_tokenizer(resolve_model(spec))
+        return load_prompts(self.config.prompts, tokenizer)
+
+    def _run_requests(self, stage: str, cache: StageCache, requests: list[GenerationRequest], engine_model,
+                      rows_for: Callable) -> None:
+        """Send the requests whose results are not cached yet; cache each result as soon as it arrives."""
+        advance = self.progress(stage, len(requests))
+        if not requests:
+            return
+        engine = self.engine(*engine_model)
+        try:
+            for result in engine.generate(requests, advance):
+                if result.error is not None:
+                    self.failures.setdefault(stage, []).append(f"{result.request_id}: {result.error}")
+                    continue
+                for row in rows_for(result):
+                    cache.add(row)
+                    self.computed[stage] += 1
+        finally:
+            cache.flush()
+
+    def generate(self, prompts: PromptSet) -> dict[str, list[dict]]:
+        """K samples per prompt from the policy: {prompt_id: [sample rows by index]}."""
+        params = self.sample_params()
+        identity = self.identity(self.config.engine, self.config.policy)
+        key_params = {k: v for k, v in params.as_dict().items() if k != "n"}
+        keys = {p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
+                for p in prompts.prompts}
+        cache = StageCache(self.run_dir / "generate", SAMPLES)
+        missing = [GenerationRequest(p.prompt_id, p.messages, params) for p in prompts.prompts
+                   if not all(k in cache for k in keys[p.prompt_id])]
+
+        def rows_for(result):
+            return [{"key": keys[result.request_id][i], "prompt_id": result.request_id, "index": i, "text": c.text,
+                     "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                     "finish_reason": c.finish_reason} for i, c in enumerate(result.completions)]
+
+        self._run_requests("generate", cache, missing, (self.config.engine, self.config.policy), rows_for)
+        return {pid: [cache.get(k) for k in ks] for pid, ks in keys.items() if all(k in cache for k in ks)}
+
+    def scorer_id(self) -> str:
+        engine_config, model_config = self.judge
+        if self.config.scoring.method == "reward_model":
+            return f"reward:{self.identity(EngineConfig(kind='hf'), model_config)}"
+        kind = "logprob" if engine_config.kind == "hf" else "text"
+        return f"judge-{kind}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
+
+    def scorer(self):
+        engine_config, model_config = self.judge
+        scoring = self.config.scoring
+        if scoring.method == "reward_model":
+            model = resolve_model(model_config.spec)
+            return RewardModelScorer(load_model(model, "reward", model_config.dtype, model_config.device),
+                                     load_tokenizer(model), self.scorer_id(), scoring.batch_size)
+        if engine_config.kind == "hf":
+            return LogprobJudge(self.engine(engine_config, model_config), self.judge_template, self.scorer_id(),
+                                scoring.batch_size)
+        return TextJudge(self.engine(engine_config, model_config), self.judge_template, self.scorer_id(),
+                         scoring.max_attempts)
+
+    def score(self, items: list[ScoreItem], stage: str = "score") -> dict[str, float | None]:
+        """Scores by item key (None where the scorer could not rate)."""
+        scorer_id = self.scorer_id()
+        keyed = {content_key("score", scorer_id, item.prompt, item.response): item for item in items}
+        cache = StageCache(self.run_dir / "score", SCORES)
+        missing = [ScoreItem(key, item.prompt, item.response) for key, item in keyed.items() if key not in cache]
+        advance = self.progress(stage, len(missing))
+        if missing:
+            scorer = self.scorer()
+            try:
+                for score in scorer.score(missing, advance):
+                    if score.score is None:
+                        self.failures.setdefault(stage, []).append(f"{score.key[:16]}: {score.detail}")
+                    cache.add({"key": score.key, "score": score.score, "detail": score.detail})
+                    self.computed[stage] += 1
+            finally:
+                cache.flush()
+        return {item.key: (cache.get(key) or {}).get("score") for key, item in keyed.items()}
+
+    def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
+        """Revisions of drafts 0..drafts_per_prompt-1: {prompt_id: {draft index: revision row}}."""
+        params = self.revision_params()
+        identity = self.identity(*self.reviser)
+        drafts = {}
+        for prompt in prompts.prompts:
+            for index, draft in enumerate(samples.get(prompt.prompt_id, [])[:self.config.revision.drafts_per_prompt]):
+                key = content_key("revise", identity, self.revision_template.sha256, params.as_dict(),
+                                  prompt.prompt_id, draft["text"])
+                drafts[key] = (prompt, index, draft["text"])
+        cache = StageCache(self.run_dir / "revise", SAMPLES)
+        missing = [GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, text), params)
+                   for key, (prompt, _, text) in drafts.items() if key not in cache]
+
+        def rows_for(result):
+            prompt, index, _ = drafts[result.request_id]
+            c = result.completions[0]
+            return [{"key": result.request_id, "prompt_id": prompt.prompt_id, "index": index, "text": c.text,
+                     "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                     "finish_reason": c.finish_reason}]
+
+        self._run_requests("revise", cache, missing, self.reviser, rows_for)
+        revisions: dict[str, dict[int, dict]] = {}
+        for key, (prompt, index, _) in drafts.items():
+            if key in cache:
+                revisions.setdefault(prompt.prompt_id, {})[index] = cache.get(key)
+        return revisions
+
+    # ---- the whole run ---------------------------------------------------------------------------------------
+    def run(self, until: str = "pairs") -> BuildResult:
+        """Run the stages up to and including ``until`` (one of STAGES)."""
+        prompts = self.load_prompts()
+        samples = self.generate(prompts)
+        by_id = {p.prompt_id: p for p in prompts.prompts}
+        result = BuildResult(prompts, [], failures=self.failures)
+        sample_scores: dict[str, float | None] = {}
+        reference_scores: dict[str, float | None] = {}
+        if STAGES.index(until) >= 1:
+            items = [ScoreItem(s["key"], by_id[pid].messages, s["text"]) for pid, rows in samples.items() for s in rows]
+            references = [ScoreItem(pid, p.messages, p.reference) for pid, p in by_id.items() if p.reference]
+            sample_scores = self.score(items + references)
+            reference_scores = {item.key: sample_scores.pop(item.key) for item in references}
+        revisions: dict[str, dict[int, dict]] = {}
+        revision_scores: dict[str, float | None] = {}
+        wants_revisions = set(self.config.pairs.types) & {"revision", "revision_direct", "reviser_train"}
+        if STAGES.index(until) >= 2 and wants_revisions:
+            revisions = self.revise(prompts, samples)
+            revision_scores = self.score([ScoreItem(r["key"], by_id[pid].messages, r["text"])
+                                          for pid, rows in revisions.items() for r in rows.values()], "score revisions")
+        for pid, rows in samples.items():
+            result.results.append(PromptResults(
+                pid, by_id[pid].messages,
+                [Response(s["text"], sample_scores.get(s["key"]), f"sample:{s['index']}") for s in rows],
+                {i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{i}")
+                 for i, r in revisions.get(pid, {}).items()},
+                Response(by_id[pid].reference, reference_scores.get(pid), "reference") if by_id[pid].reference
+                else None))
+        result.stats = self._stats(prompts, samples, sample_scores, revisions, revision_scores)
+        if until == "pairs":
+            provenance = Provenance(self.identity(self.config.engine, self.config.policy),
+                                    self.identity(*self.reviser) if wants_revisions else None, self.scorer_id(),
+                                    self.sample_params().as_dict(), self.revision_params().as_dict())
+            rows, result.dropped = build_pairs(result.results, self.config.pairs.types, self.config.pairs.min_margin,
+                                               self.revision_template, provenance)
+            result.rows, result.mix = mix_pairs(rows, self.config.pairs.mix, self.config.pairs.seed)
+        return result
+
+    def _stats(self, prompts, samples, sample_scores, revisions, revision_scores) -> dict[str, Any]:
+        def describe(values):
+            values = [v for v in values if v is not None]
+            if not values:
+                return {}
+            return {"n": len(values), "mean": round(statistics.fmean(values), 4), "min": round(min(values), 4),
+                    "max": round(max(values), 4)}
+
+        flat = [s for rows in samples.values() for s in rows]
+        revised = [r for rows in revisions.values() for r in rows.values()]
+        return {
+            "prompts": len(prompts.prompts), "prompts_with_samples": len(samples), "samples": len(flat),
+            "revisions": len(revised), "computed": dict(self.computed),
+            "sample_tokens": sum(s["completion_tokens"] for s in flat),
+            "truncated_samples": sum(s["finish_reason"] == "length" for s in flat),
+            "sample_scores": describe(sample_scores.values()), "revision_scores": describe(revision_scores.values()),
+            "failures": {stage: len(ids) for stage, ids in self.failures.items()},
+        }
+
+    def commit(self, result: BuildResult) -> Version:
+        """Write the pairs as a new version of ``config.dataset`` with the full provenance."""
+        if not result.rows:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())) or "no candidates"
+            raise RealignError(f"no pairs survived the pair rules ({reasons}); try more samples "
+                               "(generation.num_samples), a higher temperature, or pairs.min_margin=0")
+        models = {"policy": {"spec": self.config.policy.spec,
+                             "identity": self.identity(self.config.engine, self.config.policy)},
+                  "scorer": {"id": self.scorer_id()}}
+        if self.config.revision.reviser or set(self.config.pairs.types) - {"on_policy"}:
+            models["reviser"] = {"spec": self.reviser[1].spec, "identity": self.identity(*self.reviser)}
+        table = pa.Table.from_pylist(result.rows, schema=PAIR_SCHEMA)
+        result.version = self.store.write_version(
+            self.config.dataset, [table], config=config_to_dict(self.config),
+            inputs={"prompts": result.prompts.provenance(), "run_dir": str(self.run_dir)},
+            models=models,
+            stats={**result.stats, "dropped": dict(result.dropped), "mix": {"weights": self.config.pairs.mix,
+                   "seed": self.config.pairs.seed, "counts": result.mix},
+                   "failed_requests": result.failures})
+        return result.version

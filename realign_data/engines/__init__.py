@@ -1,0 +1,25 @@
+"""Generation engines: one interface (chat messages in, n samples out), three backends.
+
+- ``hf``: transformers, in-process, batched with left padding and length grouping.
+- ``openai``: any OpenAI-compatible server (vllm serve, SGLang, TGI, transformers serve), async, retried.
+- ``vllm``: in-process ``vllm.LLM`` (optional extra, CUDA only).
+"""
+
+from realign_data.engines.base import Completion, Engine, GenerationRequest, GenerationResult, SamplingParams
+
+__all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "create_engine"]
+
+
+def create_engine(config, model_config):
+    """Build the engine ``config.kind`` for the model in ``model_config`` (see realign_data.config)."""
+    if config.kind == "hf":
+        from realign_data.engines.hf import HFEngine
+
+        return HFEngine.from_config(config, model_config)
+    if config.kind == "openai":
+        from realign_data.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine.from_config(config, model_config)
+    from realign_data.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine.from_config(config, model_config)

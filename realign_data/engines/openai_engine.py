@@ -1,0 +1,143 @@
+"""The OpenAI-compatible engine: vllm serve, SGLang, TGI, transformers serve, or a hosted API.
+
+Requests run concurrently (bounded by ``concurrency``) and are spread round-robin over several ``base_urls``
+(e.g. one per vLLM replica). 429s, 5xx, timeouts, connection errors and malformed bodies are retried with
+exponential backoff and full jitter; requests that still fail are yielded with their error and counted, never
+dropped. Servers that ignore ``n`` are asked again until each request has its ``n`` completions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import openai
+
+from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
+from realign_data.engines.hf import row_seed
+from realign_data.errors import RealignError
+
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError,
+             openai.APIResponseValidationError)
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+class MalformedResponse(Exception):
+    """The server answered 2xx with a body that is not a usable chat completion."""
+
+
+class OpenAIEngine:
+    def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 16, max_retries: int = 5, timeout_s: float = 120.0):
+        if not base_urls:
+            raise RealignError("engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
+                               "--set engine.base_urls=[http://127.0.0.1:8000/v1]")
+        self.model = model
+        self.base_urls = list(base_urls)
+        self.api_key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.model_id = f"openai:{model}"
+        self.stats: Counter = Counter()
+
+    @classmethod
+    def from_config(cls, engine_config, model_config) -> OpenAIEngine:
+        return cls(model_config.spec, engine_config.base_urls, engine_config.api_key_env, engine_config.concurrency,
+                   engine_config.max_retries, engine_config.timeout_s)
+
+    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
+            -> Iterator[GenerationResult]:
+        """Run the requests on a private event loop in a thread; yield each result as soon as it is done."""
+        results: queue.Queue = queue.Queue()
+        done = object()
+
+        def run() -> None:
+            try:
+                asyncio.run(self._run_all(requests, results))
+            finally:
+                results.put(done)
+
+        worker = threading.Thread(target=run, name="openai-engine", daemon=True)
+        worker.start()
+        while (item := results.get()) is not done:
+            if progress:
+                progress(1)
+            yield item
+        worker.join()
+
+    async def _run_all(self, requests: list[GenerationRequest], results: queue.Queue) -> None:
+        clients = [openai.AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
+                   for url in self.base_urls]
+        rotation = itertools.cycle(clients)
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(request: GenerationRequest) -> None:
+            async with limit:
+                results.put(await self._complete(request, rotation))
+
+        try:
+            await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            for client in clients:
+                await client.close()
+
+    async def _complete(self, request: GenerationRequest, rotation) -> GenerationResult:
+        params = request.params
+        completions: list[Completion] = []
+        attempt = 0
+        while len(completions) < params.n:
+            wanted = params.n - len(completions)
+            try:
+                completions += await self._call(next(rotation), request, wanted,
+                                                row_seed(params.seed, request.request_id, len(completions)))
+                self.stats["calls"] += 1
+            except (*RETRYABLE, MalformedResponse) as exc:
+                self.stats[f"retry:{type(exc).__name__}"] += 1
+                attempt += 1
+                if attempt > self.max_retries:
+                    self.stats["failed"] += 1
+                    return GenerationResult(request.request_id, completions, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self._backoff(attempt, exc))
+            except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
+                self.stats["failed"] += 1
+                return GenerationResult(request.request_id, completions,
+                                        error=f"HTTP {exc.status_code}: {exc.message}")
+        return GenerationResult(request.request_id, completions[:params.n])
+
+    @staticmethod
+    def _backoff(attempt: int, exc: Exception) -> float:
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            delay = min(BACKOFF_CAP_S, max(delay, float(retry_after)))
+        return random.uniform(0, delay)
+
+    async def _call(self, client: openai.AsyncOpenAI, request: GenerationRequest, n: int, seed: int) \
+            -> list[Completion]:
+        params = request.params
+        response = await client.chat.completions.create(
+            model=self.model, messages=request.messages, n=n, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None)
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise MalformedResponse("no choices in the response body")
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None) or 0
+        completion_tokens = (getattr(usage, "completion_tokens", None) or 0) // len(choices)
+        completions = []
+        for choice in choices:
+            content = getattr(getattr(choice, "message", None), "content", None)
+            if not isinstance(content, str):
+                raise MalformedResponse("a choice has no message content")
+            finish = "length" if getattr(choice, "finish_reason", None) == "length" else "stop"
+            completions.append(Completion(content.strip(), prompt_tokens, completion_tokens, finish))
+        return completions

@@ -1,0 +1,40 @@
+"""The in-process vLLM engine (optional extra ``vllm``; CUDA only): tensor parallelism and per-request seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
+from realign_data.engines.hf import row_seed
+from realign_data.errors import RealignError
+from realign_data.models import ResolvedModel, resolve_model
+
+
+class VLLMEngine:
+    def __init__(self, model: ResolvedModel, tensor_parallel_size: int = 1, dtype: str = "auto"):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise RealignError(f"engine.kind=vllm needs the vllm extra on a CUDA machine "
+                               f"(pip install 'realign-toolkit[vllm]'): {exc}") from None
+        self.llm = LLM(model=str(model.path), tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        self.model_id = f"{model.spec}@{model.fingerprint()}"
+
+    @classmethod
+    def from_config(cls, engine_config, model_config) -> VLLMEngine:
+        return cls(resolve_model(model_config.spec), engine_config.tensor_parallel_size, model_config.dtype)
+
+    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
+            -> Iterator[GenerationResult]:
+        from vllm import SamplingParams as VLLMSampling
+
+        sampling = [VLLMSampling(n=r.params.n, temperature=r.params.temperature, top_p=r.params.top_p,
+                                 max_tokens=r.params.max_new_tokens, stop=list(r.params.stop) or None,
+                                 seed=row_seed(r.params.seed, r.request_id, 0)) for r in requests]
+        outputs = self.llm.chat([r.messages for r in requests], sampling, use_tqdm=False)
+        for request, output in zip(requests, outputs, strict=True):
+            completions = [Completion(c.text.strip(), len(output.prompt_token_ids), len(c.token_ids),
+                                      "length" if c.finish_reason == "length" else "stop") for c in output.outputs]
+            if progress:
+                progress(1)
+            yield GenerationResult(request.request_id, completions)

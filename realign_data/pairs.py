@@ -1,0 +1,163 @@
+"""ReAlign pair construction from scored samples and revisions, and the final per-type mix.
+
+- ``on_policy``: chosen = the highest-scored sample, rejected = the lowest; prompts whose samples are all identical
+  or all tied are dropped and counted.
+- ``revision`` (the structured revision task): prompt = revision template(instruction, draft), chosen = the
+  revision, rejected = the draft.
+- ``revision_direct``: the same responses under the plain instruction.
+- ``reviser_train``: prompt = revision template(instruction, draft), chosen = the best available response (samples,
+  revisions, reference), rejected = the draft; when the draft itself is best, rejected = the worst response.
+
+Every type keeps a pair only when chosen_score - rejected_score >= ``min_margin`` and > 0 (equal scores carry no
+preference). Ties between equal scores are broken by source order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from realign_data.templates import Template
+
+
+@dataclass(frozen=True)
+class Response:
+    text: str
+    score: float | None
+    source: str  # "sample:I", "revision:I" (of draft sample I) or "reference"
+
+
+@dataclass
+class PromptResults:
+    prompt_id: str
+    messages: list[dict[str, str]]
+    samples: list[Response]
+    revisions: dict[int, Response] = field(default_factory=dict)  # draft sample index -> its revision
+    reference: Response | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    policy_model: str
+    reviser_model: str | None
+    scorer: str
+    sample_params: dict
+    revision_params: dict
+
+
+def revision_prompt(template: Template, messages: list[dict[str, str]], draft: str) -> list[dict[str, str]]:
+    """The structured revision task: earlier turns, then the instruction and the draft rendered as one user turn."""
+    content = template.render(instruction=messages[-1]["content"], draft=draft)
+    return [*messages[:-1], {"role": "user", "content": content}]
+
+
+def pair_id(pair_type: str, prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    payload = json.dumps([pair_type, prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _row(pair_type: str, results: PromptResults, prompt: list[dict[str, str]], chosen: Response,
+         rejected: Response, provenance: Provenance) -> dict:
+    uses_reviser = "revision" in chosen.source or "revision" in rejected.source or pair_type == "reviser_train"
+    params = dict(provenance.sample_params)
+    if uses_reviser:
+        params["revision"] = provenance.revision_params
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen.text}],
+        "rejected": [{"role": "assistant", "content": rejected.text}],
+        "pair_id": pair_id(pair_type, prompt, chosen.text, rejected.text),
+        "prompt_id": results.prompt_id,
+        "pair_type": pair_type,
+        "chosen_score": chosen.score,
+        "rejected_score": rejected.score,
+        "margin": chosen.score - rejected.score,
+        "chosen_source": chosen.source,
+        "rejected_source": rejected.source,
+        "policy_model": provenance.policy_model,
+        "reviser_model": provenance.reviser_model if uses_reviser else None,
+        "scorer": provenance.scorer,
+        "sample_params": json.dumps(params, sort_keys=True),
+    }
+
+
+def build_pairs(results: list[PromptResults], types: list[str], min_margin: float, template: Template,
+                provenance: Provenance) -> tuple[list[dict], Counter]:
+    """All pairs of the requested ``types``; the Counter holds ``type:reason`` for every candidate dropped."""
+    rows: list[dict] = []
+    dropped: Counter = Counter()
+
+    def keep(pair_type: str, prompt, chosen: Response, rejected: Response, item: PromptResults) -> None:
+        margin = chosen.score - rejected.score
+        if margin <= 0 or margin < min_margin:
+            dropped[f"{pair_type}:below_margin" if margin > 0 else f"{pair_type}:not_better"] += 1
+        else:
+            rows.append(_row(pair_type, item, prompt, chosen, rejected, provenance))
+
+    for item in results:
+        scored = [s for s in item.samples if s.score is not None]
+        if "on_policy" in types:
+            if len(scored) < 2:
+                dropped["on_policy:unscored"] += 1
+            elif len({s.text for s in scored}) == 1:
+                dropped["on_policy:identical"] += 1
+            elif len({s.score for s in scored}) == 1:
+                dropped["on_policy:tied"] += 1
+            else:
+                best = max(scored, key=lambda s: s.score)  # the first of equal scores wins: deterministic
+                worst = min(scored, key=lambda s: s.score)
+                keep("on_policy", item.messages, best, worst, item)
+        for index, revision in sorted(item.revisions.items()):
+            draft = item.samples[index]
+            task_prompt = revision_prompt(template, item.messages, draft.text)
+            revision_types = [t for t in ("revision", "revision_direct") if t in types]
+            if revision_types and (revision.score is None or draft.score is None):
+                dropped.update(f"{t}:unscored" for t in revision_types)
+            elif revision_types and revision.text == draft.text:
+                dropped.update(f"{t}:unchanged" for t in revision_types)
+            else:
+                for pair_type in revision_types:
+                    prompt = task_prompt if pair_type == "revision" else item.messages
+                    keep(pair_type, prompt, revision, draft, item)
+            if "reviser_train" in types:
+                candidates = [r for r in [*item.samples, *item.revisions.values(), item.reference]
+                              if r is not None and r.score is not None]
+                if draft.score is None or len(candidates) < 2:
+                    dropped["reviser_train:unscored"] += 1
+                    continue
+                best = max(candidates, key=lambda r: r.score)
+                if best.text != draft.text:
+                    keep("reviser_train", task_prompt, best, draft, item)
+                else:  # the draft is already the best: teach the reviser to prefer it over the worst response
+                    keep("reviser_train", task_prompt, draft, min(candidates, key=lambda r: r.score), item)
+    return rows, dropped
+
+
+def mix_pairs(rows: list[dict], weights: dict[str, float], seed: int) -> tuple[list[dict], dict[str, dict]]:
+    """Subsample pair types to the proportions in ``weights`` (types not named are kept whole).
+
+    The type that is scarcest relative to its weight is kept whole and the others are cut to match, e.g.
+    ``{on_policy: 1.0, revision: 0.5}`` keeps every on-policy pair and half as many revision pairs (when
+    available). A weight of 0 drops the type. Which rows survive is decided by a seeded shuffle.
+    """
+    by_type: dict[str, list[dict]] = {}
+    for row in rows:
+        by_type.setdefault(row["pair_type"], []).append(row)
+    before = {t: len(v) for t, v in by_type.items()}
+    weighted = {t: w for t, w in weights.items() if w > 0 and before.get(t)}
+    scale = min((before[t] / w for t, w in weighted.items()), default=0.0)
+    rng = random.Random(seed)
+    kept: list[dict] = []
+    for pair_type, group in sorted(by_type.items()):
+        if pair_type in weights:
+            target = int(scale * weights[pair_type] + 1e-9) if pair_type in weighted else 0
+            group = sorted(group, key=lambda r: r["pair_id"])
+            rng.shuffle(group)
+            group = group[:target]
+        kept += group
+    after = Counter(r["pair_type"] for r in kept)
+    counts = {t: {"before": before[t], "after": after.get(t, 0), "weight": weights.get(t)} for t in sorted(before)}
+    return sorted(kept, key=lambda r: (r["pair_type"], r["prompt_id"], r["pair_id"])), counts
