@@ -18,9 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/realign-data models show smollm2-135m-instruct
-	$(VENV)/bin/realign-data prompts builtin --limit 16 --tokenizer smollm2-135m-instruct
-	$(VENV)/bin/realign-data config show --manifest manifests/smoke-cpu.yaml
+	$(VENV)/bin/realign-data build
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: setup
@@ -32,6 +30,8 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/store_scale.py
+	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/openai_engine.py
 
 clean:
 	rm -rf $(VENV) realign-store .pytest_cache

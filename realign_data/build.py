@@ -173,9 +173,10 @@ class Build:
     def score(self, items: list[ScoreItem], stage: str = "score") -> dict[str, float | None]:
         """Scores by item key (None where the scorer could not rate)."""
         scorer_id = self.scorer_id()
-        keyed = {content_key("score", scorer_id, item.prompt, item.response): item for item in items}
+        content = {item.key: content_key("score", scorer_id, item.prompt, item.response) for item in items}
         cache = StageCache(self.run_dir / "score", SCORES)
-        missing = [ScoreItem(key, item.prompt, item.response) for key, item in keyed.items() if key not in cache]
+        missing = list({content[item.key]: ScoreItem(content[item.key], item.prompt, item.response)
+                        for item in items if content[item.key] not in cache}.values())
         advance = self.progress(stage, len(missing))
         if missing:
             scorer = self.scorer()
@@ -187,7 +188,7 @@ class Build:
                     self.computed[stage] += 1
             finally:
                 cache.flush()
-        return {item.key: (cache.get(key) or {}).get("score") for key, item in keyed.items()}
+        return {item_key: (cache.get(key) or {}).get("score") for item_key, key in content.items()}
 
     def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
         """Revisions of drafts 0..drafts_per_prompt-1: {prompt_id: {draft index: revision row}}."""

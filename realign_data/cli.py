@@ -7,7 +7,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from realign_data.build import Build, BuildResult
 from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load_config
+
+if TYPE_CHECKING:
+    from realign_data.build import BuildResult
 from realign_data.errors import RealignError
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.prompts import length_stats, load_prompts
@@ -85,6 +87,7 @@ def models_show(spec: Annotated[str, typer.Argument(help="Hub id, local director
                                                     "smollm2-135m-instruct.")],
                 fmt: FormatOption = Format.table) -> None:
     """Resolve a model spec (converting GGUF once) and print its path, architecture, size and fingerprint."""
+    _quiet_transformers()
     model = resolve_model(spec)
     params = model.num_parameters()
     info = {"spec": spec, "source": model.source, "path": str(model.path), "architecture": model.architecture,
@@ -112,8 +115,8 @@ def prompts_preview(
         fmt: FormatOption = Format.table) -> None:
     """Validate and preview a prompt source: counts, duplicates dropped, length stats, a few prompts.
 
-    Bad input (invalid JSON line, missing column, empty value, bad bytes, wrong Parquet schema) stops with one
-    line naming the file, line or row and the field, and exit code 2.
+    Bad input (invalid JSON line, missing column, empty value, bad bytes, wrong Parquet schema) stops with one \
+line naming the file, line or row and the field, and exit code 2.
     """
     config = PromptsConfig(source=source, column=prompt_column, limit=limit, seed=seed, min_chars=min_chars,
                            max_chars=max_chars, max_tokens=max_tokens, tokenizer=tokenizer)
@@ -156,14 +159,14 @@ def show(ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its lates
         return
     console.print(f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
                   f"{summary['bytes']:,} bytes, created {summary['created_at']}")
-    emit(["pair_type", "rows", "prompts", "margin min/q1/med/q3/max", "chosen score min/med/max",
-          "rejected score min/med/max", "chars chosen mean/max", "chars rejected mean/max"],
-         [[t["pair_type"], t["rows"], t["prompts"], _slashed(t["margin_q"]), _slashed(t["chosen_score_q"]),
-           _slashed(t["rejected_score_q"]), f"{t['chosen_chars_mean']:.0f} / {t['chosen_chars_max']}",
-           f"{t['rejected_chars_mean']:.0f} / {t['rejected_chars_max']}"] for t in summary["by_pair_type"]], fmt)
+    emit(["pair_type", "rows", "prompts", "margin min/med/max", "chosen score (median)",
+          "rejected score (median)", "chosen chars (mean)", "rejected chars (mean)"],
+         [[t["pair_type"], t["rows"], t["prompts"], _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
+           f"{t['chosen_score_q'][1]:.3g}", f"{t['rejected_score_q'][1]:.3g}", f"{t['chosen_chars_mean']:.0f}",
+           f"{t['rejected_chars_mean']:.0f}"] for t in summary["by_pair_type"]], fmt)
     if summary["models"]:
-        emit(["role", "model", "fingerprint"],
-             [[role, m.get("spec"), m.get("fingerprint")] for role, m in summary["models"].items()], fmt)
+        emit(["role", "model"], [[role, m.get("identity") or m.get("id") or m.get("spec")]
+                                 for role, m in summary["models"].items()], fmt)
 
 
 def _slashed(values: list[float]) -> str:
@@ -213,9 +216,19 @@ def _build_config(manifest: Path | None, sets: list[str] | None, **options: Any)
     return load_config(BuildConfig, manifest, sets, options)
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fresh: bool, until: str,
                 commit: bool) -> BuildResult:
     """Run the pipeline with one progress bar per stage; print the summary table."""
+    from realign_data.build import Build  # torch and transformers load only for commands that need them
+
+    _quiet_transformers()
     columns = [TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -281,17 +294,18 @@ def _stage_command(until: str, commit: bool, doc: str):
     return command
 
 
-app.command("build")(_stage_command("pairs", True, """Build a ReAlign pair dataset: generate, score, revise, pair, commit.
-
-    With no arguments it runs the embedded CPU recipe (manifests/smoke-cpu.yaml): 16 built-in prompts x 2 samples
-    from SmolLM2-135M-Instruct as policy, zero-shot reviser and judge. Finished work is cached under
-    <store>/runs/<run-id>/, so an interrupted build resumes where it stopped.
-
-    Examples:
-      realign-data build
-      realign-data build -m manifests/realign-qwen2.5-0.5b.yaml
-      realign-data build --prompts my.jsonl --limit 200 --num-samples 4 --set pairs.mix="{on_policy: 1, revision: 0.5}"
-    """))
+BUILD_HELP = (
+    "Build a ReAlign pair dataset: generate, score, revise, pair and commit.\n\n"
+    "With no arguments it runs the embedded CPU recipe (manifests/smoke-cpu.yaml): 16 built-in prompts x 2 samples "
+    "from SmolLM2-135M-Instruct as policy, zero-shot reviser and judge. Finished work is cached under "
+    "<store>/runs/<run-id>/, so an interrupted build resumes where it stopped.\n\n"
+    "Examples:\n\n"
+    "realign-data build\n\n"
+    "realign-data build -m manifests/realign-qwen2.5-0.5b.yaml\n\n"
+    "realign-data build --prompts my.jsonl --limit 200 --num-samples 4\n\n"
+    "realign-data build --set pairs.mix='{on_policy: 1, revision: 0.5}' --dataset mixed"
+)
+app.command("build")(_stage_command("pairs", True, BUILD_HELP))
 app.command("generate")(_stage_command("generate", False, "Stage 1: sample K responses per prompt from the policy "
                                        "(cached; same options as build)."))
 app.command("score")(_stage_command("score", False, "Stage 2: score every sample with the judge or reward model "
@@ -304,10 +318,6 @@ app.command("pairs")(_stage_command("pairs", False, "Stage 4: construct and mix 
 
 def main() -> None:
     """Console entry point: errors a person can act on become one line on stderr and a non-zero exit."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
     try:
         app()
     except RealignError as exc:

@@ -58,8 +58,11 @@ class EngineConfig(StrictModel):
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(16, ge=1)
     max_retries: int = Field(5, ge=0)
+    retry_backoff_s: float = Field(0.5, ge=0, description="first retry waits up to this; doubles, capped at 30 s")
     timeout_s: float = Field(120.0, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm: GPU memory share for its KV cache; "
+                                          "leave room for an in-process reward model")
 
 
 class GenerationConfig(StrictModel):
@@ -121,8 +124,19 @@ class BuildConfig(StrictModel):
 Config = TypeVar("Config", bound=BaseModel)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a YAML manifest into a mapping; a missing or malformed file is an InputError naming it."""
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def read_manifest(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML manifest into a mapping; a missing or malformed file is an InputError naming it.
+
+    ``extends: other.yaml`` (relative to this file) starts from another manifest and overrides its keys.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -140,6 +154,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: a manifest must be a YAML mapping, got {type(data).__name__}")
+    if "extends" in data:
+        parent = (path.parent / str(data.pop("extends"))).resolve()
+        if parent in _seen:
+            raise InputError(f"{path}: extends {parent.name} again (a cycle)")
+        data = _deep_merge(read_manifest(parent, (*_seen, parent)), data)
     return data
 
 

@@ -111,20 +111,20 @@ class LogprobJudge:
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=model.device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
             logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            next_token = {}  # (item, context) -> log-probabilities of the next token
+            next_token = {i: {} for i in chunk}  # item -> {context: log-probabilities of the next token}
             for row, (i, path) in enumerate(rows):
                 end = len(prompts[i])
                 for k in range(len(path) + 1):
-                    next_token[(i, path[:k])] = logprobs[row, end - 1 + k]
+                    next_token[i][path[:k]] = logprobs[row, end - 1 + k]
             for i in chunk:
-                yield self._expected_rating(items[i].key, lambda ctx, i=i: next_token[(i, ctx)])
+                yield self._expected_rating(items[i].key, next_token[i])
             if progress:
                 progress(len(chunk))
 
-    def _expected_rating(self, key: str, dist) -> Score:
+    def _expected_rating(self, key: str, next_token: dict[tuple[int, ...], torch.Tensor]) -> Score:
         sequence_prob = {}
         for rating, tokens in self.continuations.items():
-            logp = sum(dist(tokens[:k])[token].item() for k, token in enumerate(tokens))
+            logp = sum(next_token[tokens[:k]][token].item() for k, token in enumerate(tokens))
             sequence_prob[rating] = torch.tensor(logp).exp().item()
         exact = {}
         for rating, tokens in self.continuations.items():  # "1" must not be the start of "10"

@@ -10,6 +10,8 @@ import pytest
 
 from realign_data.models import DEFAULT_MODEL, resolve_model
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets and huggingface_hub read it: the Hub is not reachable
+
 
 @pytest.fixture(scope="session", autouse=True)
 def realign_home(tmp_path_factory) -> Path:
@@ -17,7 +19,6 @@ def realign_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("realign-home")
     previous = os.environ.get("REALIGN_HOME")
     os.environ["REALIGN_HOME"] = str(home)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield home
     if previous is None:
         os.environ.pop("REALIGN_HOME", None)

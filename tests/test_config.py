@@ -69,3 +69,23 @@ def test_config_show_rejects_unknown_key_with_exit_2(tmp_path):
     result = run_cli("config", "show", "--set", "generation.tempreature=1")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: config: generation.tempreature: unknown key"
+
+
+def test_extends_merges_a_parent_manifest(tmp_path):
+    write(tmp_path / "base.yaml", "dataset: base\ngeneration:\n  temperature: 0.3\n  num_samples: 4\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ndataset: child\ngeneration:\n  num_samples: 8\n")
+    config = load_config(BuildConfig, child)
+    assert (config.dataset, config.generation.temperature, config.generation.num_samples) == ("child", 0.3, 8)
+    write(tmp_path / "loop.yaml", "extends: loop.yaml\n")
+    with pytest.raises(InputError, match="a cycle"):
+        load_config(BuildConfig, tmp_path / "loop.yaml")
+
+
+def test_gpu_recipes_use_vllm_and_a_reward_model():
+    for name in ("realign-qwen2.5-0.5b.yaml", "realign-llama3.2-1b.yaml"):
+        config = load_config(BuildConfig, REPO / "manifests" / name)
+        assert config.engine.kind == "vllm" and config.generation.num_samples == 5
+        assert config.scoring.method == "reward_model" and "Skywork" in config.scoring.model.spec
+        assert config.prompts.source == "HuggingFaceH4/ultrafeedback_binarized:train_prefs"
+    llama = load_config(BuildConfig, REPO / "manifests" / "realign-llama3.2-1b.yaml")
+    assert llama.policy.spec == "meta-llama/Llama-3.2-1B-Instruct" and llama.dataset == "realign-llama3.2-1b"

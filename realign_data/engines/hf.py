@@ -12,8 +12,13 @@ import hashlib
 from collections.abc import Iterator
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, \
-    TopPLogitsWarper
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress, SamplingParams
 from realign_data.models import ResolvedModel, load_model, load_tokenizer, pick_device, resolve_model

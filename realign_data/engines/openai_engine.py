@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import queue
 import random
@@ -24,8 +25,7 @@ from realign_data.engines.hf import row_seed
 from realign_data.errors import RealignError
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError,
-             openai.APIResponseValidationError)
-BACKOFF_BASE_S = 0.5
+             openai.APIResponseValidationError, json.JSONDecodeError)
 BACKOFF_CAP_S = 30.0
 
 
@@ -35,7 +35,8 @@ class MalformedResponse(Exception):
 
 class OpenAIEngine:
     def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, max_retries: int = 5, timeout_s: float = 120.0):
+                 concurrency: int = 16, max_retries: int = 5, timeout_s: float = 120.0,
+                 retry_backoff_s: float = 0.5):
         if not base_urls:
             raise RealignError("engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
                                "--set engine.base_urls=[http://127.0.0.1:8000/v1]")
@@ -45,13 +46,14 @@ class OpenAIEngine:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
+        self.retry_backoff_s = retry_backoff_s
         self.model_id = f"openai:{model}"
         self.stats: Counter = Counter()
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> OpenAIEngine:
         return cls(model_config.spec, engine_config.base_urls, engine_config.api_key_env, engine_config.concurrency,
-                   engine_config.max_retries, engine_config.timeout_s)
+                   engine_config.max_retries, engine_config.timeout_s, engine_config.retry_backoff_s)
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
             -> Iterator[GenerationResult]:
@@ -81,7 +83,12 @@ class OpenAIEngine:
 
         async def one(request: GenerationRequest) -> None:
             async with limit:
-                results.put(await self._complete(request, rotation))
+                try:
+                    result = await self._complete(request, rotation)
+                except Exception as exc:  # an unexpected failure is still reported for this request
+                    self.stats["failed"] += 1
+                    result = GenerationResult(request.request_id, error=f"{type(exc).__name__}: {exc}")
+                results.put(result)
 
         try:
             await asyncio.gather(*(one(r) for r in requests))
@@ -112,14 +119,14 @@ class OpenAIEngine:
                                         error=f"HTTP {exc.status_code}: {exc.message}")
         return GenerationResult(request.request_id, completions[:params.n])
 
-    @staticmethod
-    def _backoff(attempt: int, exc: Exception) -> float:
-        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        """Full-jitter exponential backoff, never shorter than a server's Retry-After."""
+        delay = random.uniform(0, min(BACKOFF_CAP_S, self.retry_backoff_s * 2 ** (attempt - 1)))
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after and retry_after.replace(".", "", 1).isdigit():
-            delay = min(BACKOFF_CAP_S, max(delay, float(retry_after)))
-        return random.uniform(0, delay)
+            delay = max(delay, min(BACKOFF_CAP_S, float(retry_after)))
+        return delay
 
     async def _call(self, client: openai.AsyncOpenAI, request: GenerationRequest, n: int, seed: int) \
             -> list[Completion]:

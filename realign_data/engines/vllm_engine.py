@@ -11,18 +11,21 @@ from realign_data.models import ResolvedModel, resolve_model
 
 
 class VLLMEngine:
-    def __init__(self, model: ResolvedModel, tensor_parallel_size: int = 1, dtype: str = "auto"):
+    def __init__(self, model: ResolvedModel, tensor_parallel_size: int = 1, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.5):
         try:
             from vllm import LLM
         except ImportError as exc:
             raise RealignError(f"engine.kind=vllm needs the vllm extra on a CUDA machine "
                                f"(pip install 'realign-toolkit[vllm]'): {exc}") from None
-        self.llm = LLM(model=str(model.path), tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        self.llm = LLM(model=str(model.path), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                       gpu_memory_utilization=gpu_memory_utilization)
         self.model_id = f"{model.spec}@{model.fingerprint()}"
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> VLLMEngine:
-        return cls(resolve_model(model_config.spec), engine_config.tensor_parallel_size, model_config.dtype)
+        return cls(resolve_model(model_config.spec), engine_config.tensor_parallel_size, model_config.dtype,
+                   engine_config.gpu_memory_utilization)
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
             -> Iterator[GenerationResult]:

@@ -1,0 +1,217 @@
+"""The build pipeline on tiny random models: every stage, caching, resume after SIGKILL, the OpenAI path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from realign_data.build import Build
+from realign_data.config import BuildConfig, load_config
+from realign_data.store import Store
+from tests.helpers import REPO, run_cli
+from tests.openai_server import Reply, ScriptedOpenAIServer
+
+
+def tiny_config(tiny_model_dir, **sets) -> BuildConfig:
+    values = {"dataset": "tiny", "policy.spec": str(tiny_model_dir), "prompts.limit": 6,
+              "generation.num_samples": 3, "generation.max_new_tokens": 8, "generation.temperature": 1.0,
+              "pairs.types": ["on_policy", "revision", "revision_direct", "reviser_train"], **sets}
+    return load_config(BuildConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+
+
+def pair_rows(version):
+    return [row for f in version.files for row in pq.read_table(f).to_pylist()]
+
+
+def test_stages_chain_and_commit_a_version_with_provenance(tmp_path, tiny_model_dir):
+    store = Store(tmp_path)
+    build = Build(tiny_config(tiny_model_dir), store)
+    generated = build.run("generate")
+    assert generated.stats["samples"] == 18 and generated.stats["revisions"] == 0
+    result = build.run("pairs")
+    assert result.stats["computed"] == {"generate": 18, "score": 18, "revise": 6, "score revisions": 6}
+    assert result.stats["sample_scores"]["n"] == 18 and 1 <= result.stats["sample_scores"]["min"] <= 10
+    version = build.commit(result)
+    assert version.ref == "tiny@v1" and store.verify("tiny@v1") == []
+    manifest = version.manifest
+    assert manifest["config"]["generation"]["num_samples"] == 3
+    assert manifest["models"]["policy"]["identity"].startswith(f"{tiny_model_dir}@sha256:")
+    assert manifest["models"]["scorer"]["id"].startswith("judge-logprob:")
+    assert manifest["inputs"]["prompts"]["counts"]["kept"] == 6
+    assert set(manifest["rows_by_pair_type"]) <= {"on_policy", "revision", "revision_direct", "reviser_train"}
+    assert manifest["rows_by_pair_type"]["on_policy"] >= 1 and manifest["rows_by_pair_type"]["reviser_train"] >= 1
+    rows = pair_rows(version)
+    assert sum(result.dropped.values()) + len(rows) >= 6 * 2  # every candidate is either kept or counted
+    for row in rows:
+        assert row["margin"] > 0 and row["policy_model"] == manifest["models"]["policy"]["identity"]
+
+
+def test_rerun_reuses_every_cached_result_and_fresh_recomputes(tmp_path, tiny_model_dir):
+    store = Store(tmp_path)
+    first = Build(tiny_config(tiny_model_dir), store)
+    v1 = first.commit(first.run())
+    second = Build(tiny_config(tiny_model_dir), store)
+    again = second.run()
+    assert again.stats["computed"] == {} and second._engines == {}  # nothing computed, no model even loaded
+    assert again.rows == pair_rows(v1)
+    more = Build(tiny_config(tiny_model_dir, **{"generation.num_samples": 4}), store).run()
+    assert more.stats["computed"]["generate"] == 6 * 4  # a new n changes every request: all samples regenerated
+    fresh = Build(tiny_config(tiny_model_dir), store, fresh=True).run()
+    assert fresh.stats["computed"]["generate"] == 18
+    assert fresh.rows == again.rows
+
+
+def test_pairs_stage_writes_nothing_and_stage_commands_print_summaries(tmp_path, tiny_model_dir):
+    args = ["--store", str(tmp_path), "--policy", str(tiny_model_dir), "--limit", "4", "--max-new-tokens", "6"]
+    generated = run_cli("generate", *args, check=True)
+    assert "samples" in generated.stdout and "generate=8" in generated.stdout
+    paired = run_cli("pairs", *args, check=True)
+    assert "pairs on_policy" in paired.stdout and "version written" not in paired.stdout
+    assert Store(tmp_path).versions() == []
+    built = run_cli("build", *args, check=True)
+    assert "smoke@v1" in built.stdout and "realign-data query" in built.stdout
+    assert "all cached" in built.stdout
+
+
+def build_command(store: Path, tiny_model_dir: Path) -> list[str]:
+    script = Path(sys.executable).parent / "realign-data"
+    return [str(script), "build", "--store", str(store), "--policy", str(tiny_model_dir), "--limit", "76",
+            "--num-samples", "2", "--max-new-tokens", "24", "--set", "generation.temperature=0",
+            "--set", "pairs.types=[on_policy, revision, reviser_train]"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir):
+    store = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(build_command(store, tiny_model_dir), check=True, capture_output=True, timeout=600)
+    return pair_rows(Store(store).resolve("smoke@v1"))
+
+
+@pytest.mark.parametrize("stage", ["generate", "score", "revise"])
+def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path, tiny_model_dir, uninterrupted, stage):
+    process = subprocess.Popen(build_command(tmp_path, tiny_model_dir), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    stage_dir = tmp_path / "runs" / "smoke" / stage
+    deadline = time.monotonic() + 300
+    while not list(stage_dir.glob("part-*.parquet")):  # kill once the stage has flushed some of its work
+        assert process.poll() is None, "the build finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert Store(tmp_path).versions() == []
+    resumed = subprocess.run(build_command(tmp_path, tiny_model_dir), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    samples = [key for part in (tmp_path / "runs" / "smoke" / "generate").glob("part-*.parquet")
+               for key in pq.read_table(part)["key"].to_pylist()]
+    assert len(samples) == len(set(samples)) == 76 * 2  # cached work reused: nothing computed twice, nothing lost
+    assert len({p.name.split("-")[2] for p in stage_dir.glob("part-*.parquet")}) == 2  # killed run + resumed run
+    rows = pair_rows(Store(tmp_path).resolve("smoke@v1"))
+    assert rows == uninterrupted
+    assert len({r["pair_id"] for r in rows}) == len(rows)
+
+
+def test_openai_engine_build_reports_failed_requests(tmp_path):
+    def script(request, seen):
+        content = request["messages"][-1]["content"]
+        if "Rate the response" in content:  # the judge: longer answers rate higher
+            return Reply(content=f"Rating: {min(10, 2 + len(content) % 7)}")
+        if "Improve" in content or "improved response" in content:  # the reviser
+            return Reply(content="An improved and much more complete answer to the question.")
+        if "haiku" in content:
+            return Reply(status=500)
+        return Reply(content=f"answer {seen} to {content[:20]}")
+
+    with ScriptedOpenAIServer(script) as server:
+        config = load_config(BuildConfig, None, [
+            "engine.kind=openai", f"engine.base_urls=[{server.url}]", "engine.max_retries=1",
+            "engine.retry_backoff_s=0.01", "policy.spec=served-model", "prompts.limit=76",
+            "prompts.source=builtin", "generation.num_samples=2"])
+        build = Build(config, Store(tmp_path))
+        result = build.run()
+        version = build.commit(result)
+    failed = result.failures["generate"]
+    assert len(failed) == 1 and "InternalServerError" in failed[0]
+    assert result.stats["prompts"] == 76 and result.stats["prompts_with_samples"] == 75
+    assert version.manifest["models"]["scorer"]["id"].startswith("judge-text:openai:served-model")
+    assert version.manifest["stats"]["failed_requests"]["generate"] == failed
+    assert version.manifest["rows_by_pair_type"]["revision"] >= 1
+
+
+def test_smoke_manifest_is_the_embedded_default():
+    assert load_config(BuildConfig, REPO / "manifests" / "smoke-cpu.yaml") == BuildConfig()
+
+
+@pytest.mark.slow
+def test_embedded_default_end_to_end(tmp_path, smollm2):
+    """`realign-data build` with no arguments: SmolLM2 as policy, reviser and judge on 16 built-in prompts."""
+    result = subprocess.run([str(Path(sys.executable).parent / "realign-data"), "build"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    for line in ("prompts", "samples", "revisions", "pairs on_policy", "sample scores", "version written"):
+        assert line in result.stdout
+    store = Store(tmp_path / "realign-store")
+    version = store.resolve("smoke@v1")
+    assert store.verify("smoke@v1") == []
+    assert version.manifest["inputs"]["prompts"]["counts"]["kept"] == 16
+    assert version.manifest["stats"]["samples"] == 32 and version.manifest["stats"]["revisions"] == 16
+    assert version.manifest["rows_by_pair_type"]["on_policy"] >= 8
+    assert version.manifest["models"]["policy"]["identity"] == f"smollm2-135m-instruct@{smollm2.fingerprint()}"
+
+
+def test_reward_model_scoring(tmp_path, tiny_model_dir, tokenizer):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    reward_dir = tmp_path / "reward"
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
+    config = tiny_config(tiny_model_dir, **{"scoring.method": "reward_model", "pairs.types": ["on_policy"],
+                                            "scoring.model": {"spec": str(reward_dir)}})
+    build = Build(config, Store(tmp_path / "store"))
+    version = build.commit(build.run())
+    assert version.manifest["models"]["scorer"]["id"].startswith(f"reward:{reward_dir}@sha256:")
+    row = pair_rows(version)[0]
+    ids = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    with torch.no_grad():
+        expected = reward.eval()(**ids).logits[0, 0].item()
+    assert row["chosen_score"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_reward_model_method_needs_a_model(tmp_path, tiny_model_dir):
+    from realign_data.errors import RealignError
+
+    build = Build(tiny_config(tiny_model_dir, **{"scoring.method": "reward_model"}), Store(tmp_path))
+    with pytest.raises(RealignError, match="scoring.model is required"):
+        build.run("score")
+
+
+def test_vllm_engine_matches_greedy_hf(tiny_model_dir):
+    pytest.importorskip("vllm", reason="the vllm extra is not installed (CUDA-only: pip install -e '.[vllm]')")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    from realign_data.engines import GenerationRequest, SamplingParams
+    from realign_data.engines.hf import HFEngine
+    from realign_data.engines.vllm_engine import VLLMEngine
+    from realign_data.models import resolve_model
+
+    model = resolve_model(str(tiny_model_dir))
+    requests = [GenerationRequest(f"r{i}", [{"role": "user", "content": q}],
+                                  SamplingParams(n=2, temperature=0.0, max_new_tokens=8))
+                for i, q in enumerate(["Hi", "What is 2+2?"])]
+    served = {r.request_id: r for r in VLLMEngine(model, dtype="float32").generate(requests)}
+    local = {r.request_id: r for r in HFEngine(model, device="cuda", dtype="float32").generate(requests)}
+    for request_id, result in served.items():
+        assert len(result.completions) == 2
+        assert result.completions[0].text == local[request_id].completions[0].text
