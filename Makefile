@@ -26,7 +26,7 @@ test: setup
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 lint: setup
-	$(VENV)/bin/ruff check realign_data tests benchmarks
+	$(VENV)/bin/ruff check realign_data trainers tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/store_scale.py

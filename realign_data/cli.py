@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,8 +34,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration of a manifest.", no_args_is_help=True)
 models_app = typer.Typer(help="Resolve and inspect model specs (Hub ids, directories, .gguf files, aliases).",
                          no_args_is_help=True)
+recipe_app = typer.Typer(help="Run the whole ReAlign loop from one recipe manifest.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+app.add_typer(recipe_app, name="recipe")
 console = Console()
 
 
@@ -216,6 +220,19 @@ def _build_config(manifest: Path | None, sets: list[str] | None, **options: Any)
     return load_config(BuildConfig, manifest, sets, options)
 
 
+@contextmanager
+def stage_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """One rich progress bar per stage: yields ``task(description, total) -> advance(n)``."""
+    columns = [TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console) as progress:
+        def task(description: str, total: int) -> Callable[[int], None]:
+            task_id = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task_id, n)
+
+        yield task
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as transformers_logging
 
@@ -229,13 +246,7 @@ def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fre
     from realign_data.build import Build  # torch and transformers load only for commands that need them
 
     _quiet_transformers()
-    columns = [TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        def task(description: str, total: int):
-            task_id = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task_id, n)
-
+    with stage_progress() as task:
         build = Build(config, Store(store), run_id=run_id, fresh=fresh, progress=task)
         result = build.run(until)
         if commit:
@@ -314,6 +325,27 @@ app.command("revise")(_stage_command("revise", False, "Stage 3: revise drafts wi
                                      "revisions (runs stages 1-2 as needed)."))
 app.command("pairs")(_stage_command("pairs", False, "Stage 4: construct and mix the pairs and print their counts, "
                                     "without writing a version (runs stages 1-3 as needed)."))
+
+
+@recipe_app.command("run")
+def recipe_run(manifest: Annotated[Path, typer.Argument(help="Recipe YAML with reviser_data, reviser, policy_data "
+                                                        "and policy sections.")],
+               set_: SetOption = None, store: StoreOption = None,
+               resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted training steps.")] = False) \
+        -> None:
+    """Build reviser data, train the reviser, build policy pairs with it, train the policy; finished steps are \
+skipped.
+
+    Example: realign-data recipe run manifests/realign-smoke-cpu.yaml
+    """
+    from trainers.recipe import RecipeConfig, run_recipe
+
+    _quiet_transformers()
+    recipe = load_config(RecipeConfig, manifest, set_)
+    with stage_progress() as task:
+        steps = run_recipe(recipe, Store(store), task, resume)
+    emit(["step", "status", "result"], [[s["step"], s["status"], s["result"]] for s in steps], Format.table,
+         title=f"recipe {manifest.name}")
 
 
 def main() -> None:

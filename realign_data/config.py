@@ -135,7 +135,8 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 def read_manifest(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML manifest into a mapping; a missing or malformed file is an InputError naming it.
 
-    ``extends: other.yaml`` (relative to this file) starts from another manifest and overrides its keys.
+    ``extends: other.yaml`` (relative to this file), at the top or inside any section, starts that mapping from
+    another manifest and overrides its keys.
     """
     path = Path(path)
     try:
@@ -154,12 +155,18 @@ def read_manifest(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
         return {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: a manifest must be a YAML mapping, got {type(data).__name__}")
-    if "extends" in data:
-        parent = (path.parent / str(data.pop("extends"))).resolve()
-        if parent in _seen:
-            raise InputError(f"{path}: extends {parent.name} again (a cycle)")
-        data = _deep_merge(read_manifest(parent, (*_seen, parent)), data)
-    return data
+    return _resolve_extends(data, path, (*_seen, path.resolve()))
+
+
+def _resolve_extends(data: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    data = {key: _resolve_extends(value, path, seen) if isinstance(value, dict) else value
+            for key, value in data.items()}
+    if "extends" not in data:
+        return data
+    parent = (path.parent / str(data.pop("extends"))).resolve()
+    if parent in seen:
+        raise InputError(f"{path}: extends {parent.name} again (a cycle)")
+    return _deep_merge(read_manifest(parent, seen), data)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, label: str) -> None:

@@ -1,0 +1,1 @@
+"""`realign-train`: reviser and policy training with TRL from stored pair datasets."""
