@@ -26,12 +26,13 @@ test: setup
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 lint: setup
-	$(VENV)/bin/ruff check realign_data trainers tests benchmarks
+	$(VENV)/bin/ruff check realign_data trainers evaluation tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/store_scale.py
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/openai_engine.py
+	$(PY) benchmarks/train_smoke.py
 
 clean:
 	rm -rf $(VENV) realign-store .pytest_cache

@@ -21,7 +21,7 @@ from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load
 
 if TYPE_CHECKING:
     from realign_data.build import BuildResult
-from realign_data.errors import RealignError
+from realign_data.errors import RealignError, main_with_errors
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.prompts import length_stats, load_prompts
 from realign_data.store import Store
@@ -349,9 +349,4 @@ skipped.
 
 
 def main() -> None:
-    """Console entry point: errors a person can act on become one line on stderr and a non-zero exit."""
-    try:
-        app()
-    except RealignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    main_with_errors(app)

@@ -17,3 +17,14 @@ class IntegrityError(RealignError):
     """A stored artifact no longer matches its recorded hashes."""
 
     exit_code = 1
+
+
+def main_with_errors(app) -> None:
+    """Run a Typer app; errors a person can act on become one line on stderr and a non-zero exit."""
+    import sys
+
+    try:
+        app()
+    except RealignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from realign_data.config import load_config
-from realign_data.errors import RealignError
+from realign_data.errors import main_with_errors
 from realign_data.store import Store
 from trainers.config import PolicyTrainConfig, ReviserTrainConfig, TrainConfig
 
@@ -103,12 +102,7 @@ def policy(manifest: ManifestOption = None, set_: SetOption = None, dataset: Dat
 
 
 def main() -> None:
-    try:
-        app()
-    except RealignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-
+    main_with_errors(app)
 
 if __name__ == "__main__":
     main()

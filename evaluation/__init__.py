@@ -1,0 +1,1 @@
+"""`realign-eval`: AlpacaEval 2 and Arena-Hard judging as reproducible reports."""

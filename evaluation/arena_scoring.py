@@ -1,0 +1,114 @@
+"""Arena-Hard v0.1 scoring: pairwise verdicts against a baseline -> Bradley-Terry scores with bootstrap CIs.
+
+Each question is judged twice with the answers' positions swapped. A verdict for the model counts once, a strong
+one (``>>``) three times, a tie as half a win for each side, an unparseable verdict not at all. Ratings come from
+a Bradley-Terry fit (logistic regression without intercept, Elo scale 400, baseline anchored at 1000) and are
+reported as the model's predicted win rate against the baseline, in percent. The confidence interval is the
+2.5/97.5 percentile over bootstrap resamples of the pooled battles (numpy seed 42, 100 rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from realign_data.errors import InputError
+
+STRONG_WEIGHT = 3
+SCALE, BASE, ANCHOR = 400.0, 10.0, 1000.0
+DEGENERATE_GAP = 10 * SCALE
+# verdict label -> (winner when the model under test is assistant B, count)
+GAME_ONE = {"A>>B": ("baseline", STRONG_WEIGHT), "A>B": ("baseline", 1), "A=B": ("tie", 1),
+            "B>A": ("model", 1), "B>>A": ("model", STRONG_WEIGHT)}
+SWAP = {"baseline": "model", "model": "baseline", "tie": "tie"}
+
+
+def read_judgments(directory: Path) -> list[dict]:
+    """Every ``*.jsonl`` judgment file of a directory (official layout), files in name order."""
+    files = sorted(directory.glob("*.jsonl"))
+    if not files:
+        raise InputError(f"{directory}: no judgment files (*.jsonl)")
+    records = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{file}:{number}: invalid JSON ({exc.msg})") from None
+            for field in ("question_id", "model", "games"):
+                if field not in record:
+                    raise InputError(f"{file}:{number}: missing field '{field}'")
+            if not isinstance(record["games"], list) or len(record["games"]) != 2:
+                raise InputError(f"{file}:{number}: field 'games' must hold the two games (positions swapped)")
+            records.append(record)
+    return records
+
+
+def battles_from_judgments(records: list[dict], baseline: str) -> pd.DataFrame:
+    """One row per counted outcome: model_a is the baseline, model_b the judged model, winner in a/b/tie."""
+    rows = []
+    for record in records:
+        for game_index, game in enumerate(record["games"]):
+            outcome = GAME_ONE.get(game.get("score"))
+            if outcome is None:  # unparseable verdict: not counted
+                continue
+            side, count = outcome
+            side = SWAP[side] if game_index == 1 else side  # game two puts the model in position A
+            winner = {"baseline": "model_a", "model": "model_b", "tie": "tie"}[side]
+            rows += [{"question_id": record["question_id"], "model_a": baseline, "model_b": record["model"],
+                      "winner": winner}] * count
+    if not rows:
+        raise InputError("no parseable verdicts in the judgments")
+    return pd.DataFrame(rows)
+
+
+def bradley_terry(battles: pd.DataFrame, baseline: str) -> pd.Series:
+    """Elo-scale Bradley-Terry ratings (maximum likelihood, ties as half a win), baseline anchored at 1000."""
+    from sklearn.linear_model import LogisticRegression
+
+    names = pd.unique(battles[["model_a", "model_b"]].to_numpy().ravel("F"))
+    models = pd.Series(range(len(names)), index=names)
+    doubled = pd.concat([battles, battles], ignore_index=True)
+    rows = np.arange(len(doubled))
+    features = np.zeros((len(doubled), len(models)))
+    features[rows, models[doubled["model_a"]].to_numpy()] = math.log(BASE)
+    features[rows, models[doubled["model_b"]].to_numpy()] = -math.log(BASE)
+    target = (doubled["winner"] == "model_a").to_numpy().astype(float)
+    is_tie = (doubled["winner"] == "tie").to_numpy().copy()
+    is_tie[len(is_tie) // 2:] = False  # a tie is an A win in the first copy and a B win in the second
+    target[is_tie] = 1.0
+    if np.unique(target).size < 2:  # one side won every battle: no finite maximum; use odds of 10^10 to 1
+        ratings = np.full(len(models), ANCHOR + (-DEGENERATE_GAP if target[0] == 1.0 else DEGENERATE_GAP))
+        ratings[models[baseline]] = ANCHOR
+        return pd.Series(ratings, index=models.index)
+    fit = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8).fit(features, target)  # unpenalized
+    ratings = SCALE * fit.coef_[0] + ANCHOR
+    ratings += ANCHOR - ratings[models[baseline]]
+    return pd.Series(ratings, index=models.index)
+
+
+def win_rate_vs(rating: float, baseline_rating: float) -> float:
+    """Predicted win rate (percent) of a rating against the baseline's."""
+    return 100.0 / (1.0 + BASE ** ((baseline_rating - rating) / SCALE))
+
+
+def leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: int = 42) -> list[dict]:
+    """Scores and bootstrap CIs as win rates against the baseline, sorted by model name."""
+    ratings = bradley_terry(battles, baseline)
+    generator = np.random.RandomState(seed)
+    samples = pd.DataFrame([bradley_terry(battles.iloc[generator.choice(len(battles), len(battles))], baseline)
+                            for _ in range(rounds)])
+    board = []
+    for model in sorted(ratings.index):
+        lower, upper = np.percentile(samples[model], [2.5, 97.5])
+        board.append({"model": model,
+                      "score": round(win_rate_vs(ratings[model], ratings[baseline]), 2),
+                      "lower": round(win_rate_vs(lower, np.percentile(samples[baseline], 2.5)), 2),
+                      "upper": round(win_rate_vs(upper, np.percentile(samples[baseline], 97.5)), 2)})
+    return board

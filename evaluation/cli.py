@@ -1,0 +1,147 @@
+"""`realign-eval`: AlpacaEval 2 and Arena-Hard as reproducible report folders, and leaderboards across them."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from evaluation.alpaca import DEFAULT_ANNOTATOR
+from realign_data.config import EngineConfig, ModelConfig
+from realign_data.errors import InputError, main_with_errors
+from realign_data.models import realign_home
+
+app = typer.Typer(help="Benchmark a model on AlpacaEval 2 or Arena-Hard with any OpenAI-compatible or local judge; "
+                       "every judge call is cached, every setting recorded in the report folder.",
+                  no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+console = Console()
+
+Output = Annotated[Path, typer.Option("--output", "-o", help="Report folder to write.")]
+OutputsFile = Annotated[Path | None, typer.Option("--outputs", help="Existing answers of the model.")]
+ModelSpec = Annotated[str | None, typer.Option("--model", help="Generate answers with this model spec.")]
+ModelEngine = Annotated[str, typer.Option("--engine", help="Engine for --model: hf, openai or vllm.")]
+ModelUrls = Annotated[list[str] | None, typer.Option("--base-url", help="Server(s) for --engine openai.")]
+JudgeModel = Annotated[str | None, typer.Option("--judge-model", help="Judge model name (server) or spec (hf).")]
+JudgeUrls = Annotated[list[str] | None, typer.Option("--judge-base-url", help="OpenAI-compatible judge server(s); "
+                                                     "the key comes from $OPENAI_API_KEY.")]
+JudgeEngine = Annotated[str, typer.Option("--judge-engine", help="openai (a server) or hf (in-process).")]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate the first N items only.")]
+Name = Annotated[str | None, typer.Option("--name", help="Model name in the report (default: from the answers).")]
+References = Annotated[Path | None, typer.Option("--reference-leaderboard",
+                                                 help="Published leaderboard CSV to plot beside the model.")]
+MaxTokens = Annotated[int, typer.Option("--max-new-tokens", help="Answer length limit when generating.")]
+
+
+def _judge(engine: str, model: str | None, urls: list[str] | None, default_model: str, max_new_tokens: int,
+           attempts: int, output: Path):
+    from evaluation.judging import CachedJudge
+    from realign_data.engines import create_engine
+
+    engine_config = EngineConfig(kind=engine, base_urls=urls or [])
+    judge_model = ModelConfig(spec=model or default_model)
+    generator = create_engine(engine_config, judge_model)
+    judge_id = f"{generator.model_id}"
+    judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", max_new_tokens=max_new_tokens,
+                        max_attempts=attempts)
+    return judge, {"engine": engine, "model": judge_model.spec, "id": judge_id, "base_urls": urls or []}
+
+
+def _answers(prompts: dict[str, str], model: str | None, engine: str, urls: list[str] | None, max_new_tokens: int):
+    from evaluation.answers import generate_answers
+
+    if model is None:
+        raise InputError("no answers: pass --outputs FILE or --model SPEC to generate them")
+    with console.status(f"generating {len(prompts)} answers with {model} ..."):
+        return generate_answers(prompts, ModelConfig(spec=model), EngineConfig(kind=engine, base_urls=urls or []),
+                                max_new_tokens)
+
+
+@app.command("alpaca")
+def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
+               "--annotations", help="Recompute the metrics from existing annotations (alpaca_eval layout).")] = None,
+           outputs: OutputsFile = None,
+           eval_set: Annotated[Path | None, typer.Option("--eval-set", help="AlpacaEval set with reference outputs "
+                                                         "(default: the Hub dataset tatsu-lab/alpaca_eval).")] = None,
+           model: ModelSpec = None, engine: ModelEngine = "hf", base_url: ModelUrls = None,
+           max_new_tokens: MaxTokens = 1024, judge_model: JudgeModel = None, judge_base_url: JudgeUrls = None,
+           judge_engine: JudgeEngine = "openai",
+           annotator: Annotated[str, typer.Option(help="alpaca_eval evaluator config.")] = DEFAULT_ANNOTATOR,
+           max_attempts: Annotated[int, typer.Option(min=1)] = 3, limit: Limit = None, name: Name = None,
+           lc_data: Annotated[Path | None, typer.Option("--lc-data", help="tatsu-lab/alpaca_eval's df_gamed.csv, "
+                                                        "needed for the length-controlled win rate.")] = None,
+           reference_leaderboard: References = None) -> None:
+    """AlpacaEval 2: judge the model's outputs against the reference outputs (or rescore --annotations).
+
+    Example: realign-eval alpaca --annotations ann.json --outputs model_outputs.json -o reports/alpaca
+    """
+    from evaluation.alpaca_run import run_alpaca
+
+    report = run_alpaca(output=output, annotations=annotations, outputs=outputs, eval_set=eval_set, limit=limit,
+                        name=name, lc_data=lc_data, reference_leaderboard=reference_leaderboard, annotator=annotator,
+                        make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
+                        make_judge=lambda: _judge(judge_engine, judge_model, judge_base_url, "gpt-4-1106-preview",
+                                                  8, max_attempts, output))
+    metrics = report["metrics"]
+    console.print(f"[bold]{report['model']['name']}[/]: win rate {metrics['win_rate']:.2f} "
+                  f"(SE {metrics['standard_error']:.2f}, n={metrics['n_total']}); LC "
+                  + (f"{metrics['length_controlled_winrate']:.2f}" if metrics.get('length_controlled_winrate')
+                     is not None else f"unavailable: {metrics['lc_unavailable']}") + f"\nreport: {output}/report.md")
+
+
+@app.command("arena")
+def arena(output: Output, judgments: Annotated[Path | None, typer.Option(
+              "--judgments", help="Rescore existing judgment files (official layout, one .jsonl per model).")] = None,
+          judge_config: Annotated[Path | None, typer.Option("--judge-config", help="Official judge config YAML "
+                                                            "(default: downloaded at the pinned commit).")] = None,
+          questions: Annotated[Path | None, typer.Option("--questions", help="question.jsonl")] = None,
+          baseline_answers: Annotated[Path | None, typer.Option("--baseline-answers", help="Baseline answers "
+                                                                "(official layout).")] = None,
+          outputs: OutputsFile = None, model: ModelSpec = None, engine: ModelEngine = "hf",
+          base_url: ModelUrls = None, max_new_tokens: MaxTokens = 1024, judge_model: JudgeModel = None,
+          judge_base_url: JudgeUrls = None, judge_engine: JudgeEngine = "openai", limit: Limit = None,
+          name: Name = None, baseline: Annotated[str, typer.Option(help="Baseline model name.")] = "gpt-4-0314",
+          rounds: Annotated[int, typer.Option(help="Bootstrap rounds.")] = 100,
+          reference_leaderboard: References = None) -> None:
+    """Arena-Hard v0.1: two games per question against the baseline, Bradley-Terry scores with bootstrap CIs.
+
+    Example: realign-eval arena --judgments data/model_judgment/gpt-4-1106-preview -o reports/arena
+    """
+    from evaluation.arena_run import run_arena
+
+    report = run_arena(output=output, judgments=judgments, judge_config=judge_config, questions=questions,
+                       baseline_answers=baseline_answers, outputs=outputs, limit=limit, name=name, baseline=baseline,
+                       rounds=rounds, reference_leaderboard=reference_leaderboard,
+                       make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
+                       make_judge=lambda config: _judge(judge_engine, judge_model, judge_base_url,
+                                                        config["judge_model"], config.get("max_tokens", 4096),
+                                                        config.get("number_of_judgment_attempts", 2), output))
+    for row in report["leaderboard"]:
+        console.print(f"{row['model']:<40} {row['score']:6.2f}  ({row['lower']:.2f}, {row['upper']:.2f})")
+    console.print(f"report: {output}/report.md")
+
+
+@app.command("compare")
+def compare(reports: Annotated[list[Path], typer.Argument(help="Report folders written by alpaca or arena.")],
+            output: Annotated[Path | None, typer.Option("--output", "-o", help="Write leaderboard.md and "
+                                                        "leaderboard.csv here.")] = None,
+            reference_leaderboard: References = None) -> None:
+    """A leaderboard across report folders (DuckDB over their report.json), with published reference rows."""
+    from evaluation.compare import leaderboard_rows
+    from evaluation.report import markdown_table
+
+    columns, rows = leaderboard_rows(reports, reference_leaderboard)
+    table = markdown_table(columns, rows)
+    print(table, end="")
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "leaderboard.md").write_text(table)
+        with open(output / "leaderboard.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([columns, *rows])
+
+
+def main() -> None:
+    main_with_errors(app)
+

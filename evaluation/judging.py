@@ -1,0 +1,87 @@
+"""Judge calls through any generation engine, cached on disk and counted.
+
+Every (judge, messages, attempt) answer is stored in a SQLite file as soon as it arrives, so a rerun makes zero
+calls and an interrupted run loses nothing it already paid for. Retries on server faults are the engine's; an
+answer whose verdict cannot be parsed is re-asked as a new attempt (sampled) up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from realign_data.engines import GenerationRequest, SamplingParams
+from realign_data.runs import content_key
+
+Parse = Callable[[str], object | None]  # judge text -> verdict, or None when unparseable
+
+
+class CachedJudge:
+    def __init__(self, engine, judge_id: str, cache_path: Path, max_new_tokens: int = 1024,
+                 temperature: float = 0.0, max_attempts: int = 2, prices: tuple[float, float] | None = None):
+        self.engine, self.judge_id = engine, judge_id
+        self.max_new_tokens, self.temperature, self.max_attempts = max_new_tokens, temperature, max_attempts
+        self.prices = prices  # USD per million prompt and completion tokens, when known
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(cache_path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, text TEXT, "
+                        "prompt_tokens INTEGER, completion_tokens INTEGER)")
+        self.counts: Counter = Counter()
+
+    def _ask(self, items: dict[str, list[dict]], attempt: int) -> dict[str, str | None]:
+        keys = {name: content_key(self.judge_id, messages, self.max_new_tokens, self.temperature, attempt)
+                for name, messages in items.items()}
+        answers: dict[str, str | None] = {}
+        for name, key in keys.items():
+            row = self.db.execute("SELECT text FROM answers WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                answers[name] = row[0]
+                self.counts["cached"] += 1
+        params = SamplingParams(n=1, temperature=self.temperature if attempt == 0 else 0.7, top_p=1.0,
+                                max_new_tokens=self.max_new_tokens, seed=attempt)
+        requests = [GenerationRequest(name, messages, params) for name, messages in items.items()
+                    if name not in answers]
+        for result in self.engine.generate(requests):
+            self.counts["calls"] += 1
+            if result.error is not None or not result.completions:
+                self.counts["failed"] += 1
+                answers[result.request_id] = None
+                continue
+            completion = result.completions[0]
+            self.counts["prompt_tokens"] += completion.prompt_tokens
+            self.counts["completion_tokens"] += completion.completion_tokens
+            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                            (keys[result.request_id], completion.text, completion.prompt_tokens,
+                             completion.completion_tokens))
+            self.db.commit()
+            answers[result.request_id] = completion.text
+        return answers
+
+    def judge(self, items: dict[str, list[dict]], parse: Parse) -> dict[str, tuple[object | None, str]]:
+        """(verdict, judge text) per item; items still unparseable after every attempt get verdict None."""
+        results: dict[str, tuple[object | None, str]] = {}
+        pending = dict(items)
+        for attempt in range(self.max_attempts):
+            for name, text in self._ask(pending, attempt).items():
+                verdict = parse(text) if text is not None else None
+                if verdict is not None or attempt == self.max_attempts - 1:
+                    results[name] = (verdict, text or "")
+                    pending.pop(name)
+            if not pending:
+                break
+        self.counts["unparseable"] += sum(verdict is None for verdict, _ in results.values())
+        return results
+
+    def usage(self) -> dict[str, object]:
+        usage = dict(self.counts)
+        if self.prices is not None:
+            usage["cost_usd"] = round((self.counts["prompt_tokens"] * self.prices[0]
+                                       + self.counts["completion_tokens"] * self.prices[1]) / 1e6, 6)
+        return usage
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,78 @@
+"""Report folders: report.json (metrics, settings, provenance), report.md and PNG plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from realign_data.provenance import code_provenance, utc_now
+
+
+def file_sha256(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_scores(rows: list[dict], title: str, path: Path) -> None:
+    """Each row {label, score, lower, upper, ours}: a point with its confidence interval."""
+    plt = _pyplot()
+    rows = sorted(rows, key=lambda r: r["score"])
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+    for y, row in enumerate(rows):
+        color = "tab:red" if row.get("ours") else "tab:gray"
+        axis.errorbar(row["score"], y, xerr=[[row["score"] - row["lower"]], [row["upper"] - row["score"]]],
+                      fmt="o", color=color, capsize=3)
+    axis.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
+    axis.set_xlabel(title)
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_length_vs_preference(lengths: list[int], preferences: list[float], ylabel: str, path: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.scatter(lengths, preferences, s=10, alpha=0.5)
+    axis.set_xscale("symlog")
+    axis.set_xlabel("answer length (characters)")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]) + "\n"
+
+
+def write_report(output: Path, benchmark: str, body: dict[str, Any], table: tuple[list[str], list[list[Any]]],
+                 notes: list[str]) -> dict[str, Any]:
+    """report.json (body plus provenance) and report.md (title, table, notes) in ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": benchmark, "created_at": utc_now(), **body, "code": code_provenance()}
+    write_json(output / "report.json", report)
+    markdown = [f"# {benchmark} report\n", markdown_table(*table)] + [f"- {note}\n" for note in notes]
+    (output / "report.md").write_text("\n".join(markdown))
+    return report
