@@ -32,6 +32,7 @@ bench: setup
 	$(PY) benchmarks/store_scale.py
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/openai_engine.py
+	$(PY) benchmarks/judge_throughput.py
 	$(PY) benchmarks/train_smoke.py
 
 clean:

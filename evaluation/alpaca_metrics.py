@@ -41,7 +41,7 @@ def read_records(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read ({exc})") from None
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
+            json.loads(line) for line in text.split("\n") if line.strip()]
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not records:

@@ -5,12 +5,16 @@ one (``>>``) three times, a tie as half a win for each side, an unparseable verd
 a Bradley-Terry fit (logistic regression without intercept, Elo scale 400, baseline anchored at 1000) and are
 reported as the model's predicted win rate against the baseline, in percent. The confidence interval is the
 2.5/97.5 percentile over bootstrap resamples of the pooled battles (numpy seed 42, 100 rounds).
+
+Style control adds, per battle, the normalized differences of answer length and markdown use (headers, list
+items, bold) as extra regressors; the ratings then measure preference with those style effects held out.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +38,7 @@ def read_judgments(directory: Path) -> list[dict]:
         raise InputError(f"{directory}: no judgment files (*.jsonl)")
     records = []
     for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):  # JSON may hold U+2028
             if not line.strip():
                 continue
             try:
@@ -61,14 +65,43 @@ def battles_from_judgments(records: list[dict], baseline: str) -> pd.DataFrame:
             side, count = outcome
             side = SWAP[side] if game_index == 1 else side  # game two puts the model in position A
             winner = {"baseline": "model_a", "model": "model_b", "tie": "tie"}[side]
-            rows += [{"question_id": record["question_id"], "model_a": baseline, "model_b": record["model"],
-                      "winner": winner}] * count
+            rows += [{"question_id": record["question_id"], "model_a": record.get("baseline") or baseline,
+                      "model_b": record["model"], "winner": winner, "category": record.get("category")}] * count
     if not rows:
         raise InputError("no parseable verdicts in the judgments")
     return pd.DataFrame(rows)
 
 
-def bradley_terry(battles: pd.DataFrame, baseline: str) -> pd.Series:
+STYLE_PATTERNS = {"length": None, "headers": re.compile(r"^#{1,6} ", re.M),
+                  "list_items": re.compile(r"^\s*(?:[-*+]|\d+\.) ", re.M), "bold": re.compile(r"\*\*[^*\n]+\*\*")}
+
+
+def style_counts(text: str) -> np.ndarray:
+    return np.array([len(text) if pattern is None else len(pattern.findall(text))
+                     for pattern in STYLE_PATTERNS.values()], dtype=float)
+
+
+def style_matrix(battles: pd.DataFrame, answers: dict[str, dict[str, str]]) -> np.ndarray:
+    """Per battle, (baseline - model) / (baseline + model) for each style feature, scaled to unit spread.
+
+    Not centred: zero means "both answers have the same style", so the ratings are what the judge would give at
+    equal style. (Centring would hand a model's average style advantage back to its rating.)"""
+    rows = []
+    for battle in battles.itertuples():
+        try:
+            a = style_counts(answers[battle.model_a][battle.question_id])
+            b = style_counts(answers[battle.model_b][battle.question_id])
+        except KeyError as exc:
+            raise InputError(f"style control needs every answer; missing {exc} for question "
+                             f"{battle.question_id!r}") from None
+        total = a + b
+        rows.append(np.divide(a - b, total, out=np.zeros_like(total), where=total > 0))
+    matrix = np.array(rows)
+    spread = matrix.std(axis=0)
+    return matrix / np.where(spread > 0, spread, 1.0)
+
+
+def bradley_terry(battles: pd.DataFrame, baseline: str, style: np.ndarray | None = None) -> pd.Series:
     """Elo-scale Bradley-Terry ratings (maximum likelihood, ties as half a win), baseline anchored at 1000."""
     from sklearn.linear_model import LogisticRegression
 
@@ -79,6 +112,8 @@ def bradley_terry(battles: pd.DataFrame, baseline: str) -> pd.Series:
     features = np.zeros((len(doubled), len(models)))
     features[rows, models[doubled["model_a"]].to_numpy()] = math.log(BASE)
     features[rows, models[doubled["model_b"]].to_numpy()] = -math.log(BASE)
+    if style is not None:
+        features = np.hstack([features, np.vstack([style, style])])
     target = (doubled["winner"] == "model_a").to_numpy().astype(float)
     is_tie = (doubled["winner"] == "tie").to_numpy().copy()
     is_tie[len(is_tie) // 2:] = False  # a tie is an A win in the first copy and a B win in the second
@@ -88,7 +123,7 @@ def bradley_terry(battles: pd.DataFrame, baseline: str) -> pd.Series:
         ratings[models[baseline]] = ANCHOR
         return pd.Series(ratings, index=models.index)
     fit = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8).fit(features, target)  # unpenalized
-    ratings = SCALE * fit.coef_[0] + ANCHOR
+    ratings = SCALE * fit.coef_[0][:len(models)] + ANCHOR  # style coefficients, if any, are left out
     ratings += ANCHOR - ratings[models[baseline]]
     return pd.Series(ratings, index=models.index)
 
@@ -98,12 +133,16 @@ def win_rate_vs(rating: float, baseline_rating: float) -> float:
     return 100.0 / (1.0 + BASE ** ((baseline_rating - rating) / SCALE))
 
 
-def leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: int = 42) -> list[dict]:
+def leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: int = 42,
+                style: np.ndarray | None = None) -> list[dict]:
     """Scores and bootstrap CIs as win rates against the baseline, sorted by model name."""
-    ratings = bradley_terry(battles, baseline)
+    ratings = bradley_terry(battles, baseline, style)
     generator = np.random.RandomState(seed)
-    samples = pd.DataFrame([bradley_terry(battles.iloc[generator.choice(len(battles), len(battles))], baseline)
-                            for _ in range(rounds)])
+    samples = []
+    for _ in range(rounds):
+        picked = generator.choice(len(battles), len(battles))
+        samples.append(bradley_terry(battles.iloc[picked], baseline, None if style is None else style[picked]))
+    samples = pd.DataFrame(samples)
     board = []
     for model in sorted(ratings.index):
         lower, upper = np.percentile(samples[model], [2.5, 97.5])

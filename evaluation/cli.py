@@ -33,10 +33,22 @@ Name = Annotated[str | None, typer.Option("--name", help="Model name in the repo
 References = Annotated[Path | None, typer.Option("--reference-leaderboard",
                                                  help="Published leaderboard CSV to plot beside the model.")]
 MaxTokens = Annotated[int, typer.Option("--max-new-tokens", help="Answer length limit when generating.")]
+Prices = Annotated[str | None, typer.Option("--judge-prices", help="USD per million prompt and completion tokens, "
+                                            "e.g. 2.5,10: the report then gives the judge's cost.")]
+
+
+def parse_prices(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        prompt, completion = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"--judge-prices {text!r}: expected two numbers, e.g. 2.5,10") from None
+    return prompt, completion
 
 
 def _judge(engine: str, model: str | None, urls: list[str] | None, default_model: str, max_new_tokens: int,
-           attempts: int, output: Path):
+           attempts: int, prices: str | None):
     from evaluation.judging import CachedJudge
     from realign_data.engines import create_engine
 
@@ -45,8 +57,9 @@ def _judge(engine: str, model: str | None, urls: list[str] | None, default_model
     generator = create_engine(engine_config, judge_model)
     judge_id = f"{generator.model_id}"
     judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", max_new_tokens=max_new_tokens,
-                        max_attempts=attempts)
-    return judge, {"engine": engine, "model": judge_model.spec, "id": judge_id, "base_urls": urls or []}
+                        max_attempts=attempts, prices=parse_prices(prices))
+    return judge, {"engine": engine, "model": judge_model.spec, "id": judge_id, "base_urls": urls or [],
+                   "prices_usd_per_million_tokens": parse_prices(prices)}
 
 
 def _answers(prompts: dict[str, str], model: str | None, engine: str, urls: list[str] | None, max_new_tokens: int):
@@ -72,7 +85,7 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
            max_attempts: Annotated[int, typer.Option(min=1)] = 3, limit: Limit = None, name: Name = None,
            lc_data: Annotated[Path | None, typer.Option("--lc-data", help="tatsu-lab/alpaca_eval's df_gamed.csv, "
                                                         "needed for the length-controlled win rate.")] = None,
-           reference_leaderboard: References = None) -> None:
+           reference_leaderboard: References = None, judge_prices: Prices = None) -> None:
     """AlpacaEval 2: judge the model's outputs against the reference outputs (or rescore --annotations).
 
     Example: realign-eval alpaca --annotations ann.json --outputs model_outputs.json -o reports/alpaca
@@ -83,7 +96,7 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
                         name=name, lc_data=lc_data, reference_leaderboard=reference_leaderboard, annotator=annotator,
                         make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
                         make_judge=lambda: _judge(judge_engine, judge_model, judge_base_url, "gpt-4-1106-preview",
-                                                  8, max_attempts, output))
+                                                  8, max_attempts, judge_prices))
     metrics = report["metrics"]
     console.print(f"[bold]{report['model']['name']}[/]: win rate {metrics['win_rate']:.2f} "
                   f"(SE {metrics['standard_error']:.2f}, n={metrics['n_total']}); LC "
@@ -94,32 +107,41 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
 @app.command("arena")
 def arena(output: Output, judgments: Annotated[Path | None, typer.Option(
               "--judgments", help="Rescore existing judgment files (official layout, one .jsonl per model).")] = None,
-          judge_config: Annotated[Path | None, typer.Option("--judge-config", help="Official judge config YAML "
-                                                            "(default: downloaded at the pinned commit).")] = None,
+          judge_config: Annotated[Path | None, typer.Option("--judge-config", help="Official judge config YAML: "
+                                                            "v0.1 judge_config.yaml (default: downloaded at the "
+                                                            "pinned commit) or arena-hard-v2.0.yaml.")] = None,
+          judge_settings: Annotated[Path | None, typer.Option("--judge-settings", help="Per-category baselines and "
+                                                              "system prompts (v2.0).")] = None,
           questions: Annotated[Path | None, typer.Option("--questions", help="question.jsonl")] = None,
-          baseline_answers: Annotated[Path | None, typer.Option("--baseline-answers", help="Baseline answers "
-                                                                "(official layout).")] = None,
+          baseline_answers: Annotated[list[Path] | None, typer.Option(
+              "--baseline-answers", help="Baseline answers (official layout); one file per baseline model.")] = None,
+          answers_dir: Annotated[Path | None, typer.Option("--answers-dir", help="With --judgments and "
+                                                           "--style-control: every model's answers.")] = None,
+          style_control: Annotated[bool, typer.Option("--style-control", help="Hold out answer length and "
+                                                      "markdown effects.")] = False,
           outputs: OutputsFile = None, model: ModelSpec = None, engine: ModelEngine = "hf",
           base_url: ModelUrls = None, max_new_tokens: MaxTokens = 1024, judge_model: JudgeModel = None,
           judge_base_url: JudgeUrls = None, judge_engine: JudgeEngine = "openai", limit: Limit = None,
           name: Name = None, baseline: Annotated[str, typer.Option(help="Baseline model name.")] = "gpt-4-0314",
           rounds: Annotated[int, typer.Option(help="Bootstrap rounds.")] = 100,
-          reference_leaderboard: References = None) -> None:
-    """Arena-Hard v0.1: two games per question against the baseline, Bradley-Terry scores with bootstrap CIs.
+          reference_leaderboard: References = None, judge_prices: Prices = None) -> None:
+    """Arena-Hard v0.1 and v2.0: two games per question against the baseline, Bradley-Terry scores with \
+bootstrap CIs (per category in v2.0), optional style control.
 
     Example: realign-eval arena --judgments data/model_judgment/gpt-4-1106-preview -o reports/arena
     """
     from evaluation.arena_run import run_arena
 
-    report = run_arena(output=output, judgments=judgments, judge_config=judge_config, questions=questions,
-                       baseline_answers=baseline_answers, outputs=outputs, limit=limit, name=name, baseline=baseline,
-                       rounds=rounds, reference_leaderboard=reference_leaderboard,
+    report = run_arena(output=output, judgments=judgments, judge_config=judge_config, judge_settings=judge_settings,
+                       questions=questions, baseline_answers=baseline_answers, answers_dir=answers_dir,
+                       outputs=outputs, limit=limit, name=name, baseline=baseline, rounds=rounds,
+                       style_control=style_control, reference_leaderboard=reference_leaderboard,
                        make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
-                       make_judge=lambda config: _judge(judge_engine, judge_model, judge_base_url,
-                                                        config["judge_model"], config.get("max_tokens", 4096),
-                                                        config.get("number_of_judgment_attempts", 2), output))
+                       make_judge=lambda spec: _judge(judge_engine, judge_model, judge_base_url, spec.judge_model,
+                                                      spec.max_tokens, spec.attempts, judge_prices))
     for row in report["leaderboard"]:
-        console.print(f"{row['model']:<40} {row['score']:6.2f}  ({row['lower']:.2f}, {row['upper']:.2f})")
+        label = f"{row['model']} [{row['category']}]" if "category" in row else row["model"]
+        console.print(f"{label:<50} {row['score']:6.2f}  ({row['lower']:.2f}, {row['upper']:.2f})")
     console.print(f"report: {output}/report.md")
 
 

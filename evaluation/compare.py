@@ -17,7 +17,8 @@ def _report_rows(folder: Path) -> list[dict]:
         raise InputError(f"{folder}: no report.json (is this a realign-eval report folder?)")
     report = json.loads(path.read_text())
     if "leaderboard" in report:
-        return [{"benchmark": report["benchmark"], "model": r["model"], "score": r["score"], "lower": r["lower"],
+        return [{"benchmark": report["benchmark"] + (f" {r['category']}" if r.get("category") else ""),
+                 "model": r["model"], "score": r["score"], "lower": r["lower"],
                  "upper": r["upper"], "n": report["n"], "source": str(folder)} for r in report["leaderboard"]]
     metrics = report["metrics"]
     return [{"benchmark": report["benchmark"], "model": report["model"]["name"], "score": metrics["win_rate"],
@@ -33,7 +34,7 @@ def _published(path: Path) -> list[dict]:
                  "lower": r["win_rate"] - 1.96 * r["standard_error"],
                  "upper": r["win_rate"] + 1.96 * r["standard_error"], "n": r["n_total"], "source": "published"}
                 for _, r in table.iterrows()]
-    return [{"benchmark": "Arena-Hard v0.1", "model": r["model"], "score": r["score"], "lower": r["rating_q025"],
+    return [{"benchmark": "Arena-Hard", "model": r["model"], "score": r["score"], "lower": r["rating_q025"],
              "upper": r["rating_q975"], "n": None, "source": "published"} for _, r in table.iterrows()]
 
 

@@ -36,8 +36,8 @@ def plot_scores(rows: list[dict], title: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
     for y, row in enumerate(rows):
         color = "tab:red" if row.get("ours") else "tab:gray"
-        axis.errorbar(row["score"], y, xerr=[[row["score"] - row["lower"]], [row["upper"] - row["score"]]],
-                      fmt="o", color=color, capsize=3)
+        below, above = max(0.0, row["score"] - row["lower"]), max(0.0, row["upper"] - row["score"])
+        axis.errorbar(row["score"], y, xerr=[[below], [above]], fmt="o", color=color, capsize=3)
     axis.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
     axis.set_xlabel(title)
     axis.grid(axis="x", alpha=0.3)

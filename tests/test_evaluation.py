@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from evaluation.arena_scoring import battles_from_judgments, leaderboard, read_judgments
+from evaluation.judging import read_jsonl
 from realign_data.errors import InputError
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
@@ -122,7 +124,8 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
     questions, baseline, model, config = arena_inputs(tmp_path)
     with ScriptedOpenAIServer(arena_script) as server:
         args = ["arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
-                "--outputs", model, "--judge-base-url", server.url, "-o", tmp_path / "report", "--rounds", "20"]
+                "--outputs", model, "--judge-base-url", server.url, "--judge-prices", "2.5,10", "-o",
+                tmp_path / "report", "--rounds", "20"]
         run_eval(*args, env={"OPENAI_API_KEY": "test-key"})
         first_calls = server.calls
         report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -134,13 +137,15 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
     assert usage["calls"] == 6 * 2 + 2 + 2  # every game once; both games of q3 and of q4 re-asked once
     assert first_calls == usage["calls"] + 2 * 2  # plus the 500 and the 429 retried for each game of q5
     assert report["judge"]["model"] == "judge" and "test-key" not in json.dumps(report)
+    assert usage["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 2.5 + usage["completion_tokens"] * 10) / 1e6)
     board = {row["model"]: row for row in report["leaderboard"]}
     assert board["ours"]["score"] > 90 and board["base"]["score"] == 50.0
     judgments = tmp_path / "report" / "judgments"
     rescored = leaderboard(battles_from_judgments(read_judgments(judgments), "base"), "base", rounds=20)
     assert rescored == report["leaderboard"]
     assert json.loads((tmp_path / "again" / "report.json").read_text())["leaderboard"] == report["leaderboard"]
-    assert (tmp_path / "report" / "answers.jsonl").exists() and "| ours |" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "answers.jsonl").exists()
+    assert "| ours |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_alpaca_judging_maps_identifiers_back_through_the_random_order(tmp_path):
@@ -173,7 +178,7 @@ def test_compare_builds_a_leaderboard_with_published_rows(tmp_path):
     board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
     assert {"model-4", "gpt-4-turbo-2024-04-09"} <= set(board["model"])
     assert list(board["score"]) == sorted(board["score"], reverse=True)
-    assert "| Arena-Hard v0.1 | model-4 |" in result.stdout
+    assert "| Arena-Hard | model-4 |" in result.stdout
 
 
 @pytest.mark.slow
@@ -186,3 +191,80 @@ def test_offline_demo_with_smollm2_as_model_and_in_process_judge(tmp_path, smoll
     assert report["model"]["model_id"].startswith("smollm2-135m-instruct@sha256:")
     assert report["settings"]["eval_set"]["n"] == 4 and report["judge"]["engine"] == "hf"
     assert report["metrics"]["n_total"] + report["failures"] == 4
+
+
+def v2_answers(path, model, qids, text):
+    path.write_text("".join(json.dumps({"uid": q, "model": model, "messages": [
+        {"role": "user", "content": "..."}, {"role": "assistant", "content": {"answer": text(q)}}]}) + "\n"
+        for q in qids))
+    return path
+
+
+@needs_shared
+def test_arena_v2_uses_per_category_baselines_and_system_prompts(tmp_path):
+    config_dir = ARENA / "config"
+    records = read_jsonl(ARENA / "arena-hard-v2.0" / "question.jsonl")
+    picked = [r for r in records if r["category"] == "hard_prompt"][:3] + \
+        [r for r in records if r["category"] == "creative_writing"][:3]
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in picked))
+    qids = [r["uid"] for r in picked]
+    hard = v2_answers(tmp_path / "o3.jsonl", "o3-mini-2025-01-31", qids, lambda q: f"o3 {q}")
+    creative = v2_answers(tmp_path / "gemini.jsonl", "gemini-2.0-flash-001", qids, lambda q: f"gemini {q}")
+    ours = v2_answers(tmp_path / "ours.jsonl", "ours", qids, lambda q: f"ours {q}")
+    settings = yaml.safe_load((config_dir / "judge_settings_v2.0.yaml").read_text())["judge_settings"]
+
+    def script(request, seen):  # ours beats o3-mini, loses to gemini; check the category's system prompt is used
+        system, prompt = request["messages"][0]["content"], request["messages"][-1]["content"]
+        assert system in (settings["hard_prompt"]["system_prompt"], settings["creative_writing"]["system_prompt"])
+        first = prompt.split("<|The Start of Assistant A's Answer|>\n")[1].split("\n")[0]
+        ours_first = first.startswith("ours")
+        ours_wins = "o3" in prompt
+        return Reply(content=f"[[{'A>B' if ours_first == ours_wins else 'B>A'}]]")
+
+    with ScriptedOpenAIServer(script) as server:
+        run_eval("arena", "--judge-config", config_dir / "arena-hard-v2.0.yaml", "--judge-settings",
+                 config_dir / "judge_settings_v2.0.yaml", "--questions", questions, "--baseline-answers", hard,
+                 "--baseline-answers", creative, "--outputs", ours, "--judge-base-url", server.url,
+                 "--rounds", "10", "-o", tmp_path / "report")
+    board = {(r["category"], r["model"]): r["score"]
+             for r in json.loads((tmp_path / "report" / "report.json").read_text())["leaderboard"]}
+    assert board[("hard_prompt", "o3-mini-2025-01-31")] == 50.0 and board[("hard_prompt", "ours")] > 50
+    assert board[("creative_writing", "gemini-2.0-flash-001")] == 50.0 and board[("creative_writing", "ours")] < 50
+    missing = run_eval("arena", "--judge-config", config_dir / "arena-hard-v2.0.yaml", "--questions", questions,
+                       "--outputs", ours, "-o", tmp_path / "x", check=False)
+    assert missing.returncode == 2 and "--judge-settings" in missing.stderr
+
+
+def test_style_control_discounts_wins_explained_by_length(tmp_path):
+    """Both models are equally good; the judge prefers the longer answer 3 times in 4, and ours is longer on 3 of
+    4 questions. Raw scores favour ours; with style control it should come back close to 50."""
+    records, ours, base = [], {}, {}
+    for i in range(120):
+        qid = f"q{i}"
+        long_answer = "## Plan\n" + "- a detailed point with **bold** emphasis\n" * (8 + i % 7)
+        ours_long = i % 4 != 3
+        ours[qid], base[qid] = (long_answer, "short") if ours_long else ("short", long_answer)
+        longer_wins = (i // 4) % 4 != 0  # independent of which side is longer
+        ours_wins = ours_long == longer_wins
+        verdicts = ("B>A", "A>B") if ours_wins else ("A>B", "B>A")
+        records.append(json.dumps({"question_id": qid, "model": "ours", "games": [{"score": verdicts[0]},
+                                                                                   {"score": verdicts[1]}]}))
+    judgments, answers = tmp_path / "judgments", tmp_path / "answers"
+    judgments.mkdir()
+    answers.mkdir()
+    (judgments / "ours.jsonl").write_text("\n".join(records) + "\n")
+    for name, texts in (("ours", ours), ("gpt-4-0314", base)):
+        (answers / f"{name}.jsonl").write_text("".join(json.dumps({"question_id": q, "model_id": name, "choices": [
+            {"turns": [{"content": t}]}]}) + "\n" for q, t in texts.items()))
+    run_eval("arena", "--judgments", judgments, "--rounds", "10", "-o", tmp_path / "plain")
+    run_eval("arena", "--judgments", judgments, "--answers-dir", answers, "--style-control", "--rounds", "10",
+             "-o", tmp_path / "styled")
+
+    def score(folder):
+        board = json.loads((tmp_path / folder / "report.json").read_text())["leaderboard"]
+        return next(r["score"] for r in board if r["model"] == "ours")
+
+    assert score("plain") > 55
+    assert abs(score("styled") - 50) < abs(score("plain") - 50) / 2
+    assert json.loads((tmp_path / "styled" / "report.json").read_text())["settings"]["style_control"] is True
