@@ -327,6 +327,44 @@ app.command("pairs")(_stage_command("pairs", False, "Stage 4: construct and mix 
                                     "without writing a version (runs stages 1-3 as needed)."))
 
 
+@app.command("publish")
+def publish(ref: Annotated[str, typer.Argument(help="NAME@vN")],
+            repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, ORG/NAME.")],
+            private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+            dry_run: Annotated[Path | None, typer.Option("--dry-run", help="Write the Hub folder here instead of "
+                                                         "uploading it.")] = None,
+            license_id: Annotated[str, typer.Option("--license", help="Licence id for the card.")] = "other",
+            store: StoreOption = None) -> None:
+    """Publish a version to the Hugging Face Hub: one config per pair_type plus default, and a dataset card \
+with its full provenance. The token comes from HF_TOKEN or `hf auth login` and is never written anywhere.
+
+    Example: realign-data publish smoke@v1 --repo-id me/realign-smoke --dry-run hub-preview/
+    """
+    from realign_data import hub
+
+    target = Store(store)
+    if dry_run is not None:
+        folder = hub.build_hub_folder(target, ref, dry_run, repo_id, license_id)
+        console.print(f"wrote {folder} (README.md, margins.png, data/<config>/train-*.parquet); nothing uploaded")
+        return
+    result = hub.publish(target, ref, repo_id, private, license_id)
+    console.print(f"{result['ref']} -> {result['repo_id']} @ {result['hub_commit']} ({result['status']})")
+
+
+@app.command("diff")
+def diff(left: Annotated[str, typer.Argument(help="NAME@vN")], right: Annotated[str, typer.Argument(help="NAME@vN")],
+         store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+    """Compare two versions: pairs added and removed (by pair_id), prompts only on one side, score and margin \
+shifts."""
+    from realign_data.hub import diff_versions
+
+    result = diff_versions(Store(store), left, right)
+    if fmt is Format.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    emit(["", "value"], [[key, value] for key, value in result.items()], fmt, title=f"{left} -> {right}")
+
+
 @recipe_app.command("run")
 def recipe_run(manifest: Annotated[Path, typer.Argument(help="Recipe YAML with reviser_data, reviser, policy_data "
                                                         "and policy sections.")],

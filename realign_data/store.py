@@ -276,6 +276,11 @@ class Store:
         con.execute("""CREATE VIEW versions AS
             SELECT dataset, version, ref, created_at, num_rows, rows_by_pair_type, num_files, bytes,
                    realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
+        con.execute("CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
+                    "published_at TIMESTAMPTZ, private BOOLEAN)")
+        for record in self.publications():
+            con.execute("INSERT INTO publications VALUES (?, ?, ?, ?, ?)", [
+                record["ref"], record["repo_id"], record["hub_commit"], record["published_at"], record["private"]])
         files = [str(f) for v in versions for f in v.files]
         if files:
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
@@ -289,6 +294,20 @@ class Store:
             pq.write_table(PAIR_SCHEMA.empty_table(), empty)
             con.execute(f"""CREATE VIEW pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, *
                 FROM read_parquet('{empty}') WHERE false""")
+
+    def publications(self) -> list[dict[str, Any]]:
+        """Hub publications of this store's versions (``publications.jsonl``), oldest first."""
+        path = self.root / "publications.jsonl"
+        return [json.loads(line) for line in path.read_text().split("\n") if line.strip()] if path.exists() else []
+
+    def record_publication(self, record: dict[str, Any]) -> None:
+        """Append a publication (after the upload succeeded) and refresh the catalog's ``publications`` table."""
+        with self._lock:
+            with open(self.root / "publications.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._sync_catalog()
 
     def _connect_read_only(self) -> duckdb.DuckDBPyConnection:
         """Open the catalog read-only, waiting briefly while a writer holds it."""

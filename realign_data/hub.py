@@ -1,0 +1,217 @@
+"""Hub layout of a pair-dataset version: one config per pair_type plus ``default``, and a dataset card.
+
+``publish --dry-run DIR`` writes exactly what would be uploaded: ``data/<config>/train-0000k-of-0000n.parquet``,
+``README.md`` (YAML metadata with ``configs`` and ``dataset_info`` features, the ReAlign recipe, full provenance,
+statistics, load snippets) and ``margins.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import yaml
+
+from realign_data.errors import RealignError
+from realign_data.store import Store, Version
+
+SHARD_ROWS = 250_000
+FEATURES = [
+    *({"name": column, "list": [{"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}]}
+      for column in ("prompt", "chosen", "rejected")),
+    *({"name": column, "dtype": "string"} for column in ("pair_id", "prompt_id", "pair_type")),
+    *({"name": column, "dtype": "float64"} for column in ("chosen_score", "rejected_score", "margin")),
+    *({"name": column, "dtype": "string"} for column in ("chosen_source", "rejected_source", "policy_model",
+                                                         "reviser_model", "scorer", "sample_params")),
+]
+
+
+def size_category(rows: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if rows < bound:
+            return label
+    return "10M<n<100M"
+
+
+def _write_config(con: duckdb.DuckDBPyConnection, where: str, folder: Path) -> tuple[int, int]:
+    """Write one config's shards; returns (rows, bytes written)."""
+    rows = con.sql(f"SELECT count(*) FROM v {where}").fetchall()[0][0]
+    shards = max(1, -(-rows // SHARD_ROWS))
+    folder.mkdir(parents=True)
+    for index in range(shards):
+        table = con.sql(f"SELECT * FROM v {where} ORDER BY pair_type, prompt_id, pair_id "
+                        f"LIMIT {SHARD_ROWS} OFFSET {index * SHARD_ROWS}").to_arrow_table()
+        pq.write_table(table, folder / f"train-{index:05d}-of-{shards:05d}.parquet", compression="zstd")
+    return rows, sum(f.stat().st_size for f in folder.iterdir())
+
+
+def _margin_histogram(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
+        margins = [m for (m,) in con.execute("SELECT margin FROM v WHERE pair_type = ?", [pair_type]).fetchall()]
+        axis.hist(margins, bins=30, alpha=0.55, label=f"{pair_type} ({len(margins)})")
+    axis.set_xlabel("margin = chosen_score - rejected_score")
+    axis.set_ylabel("pairs")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _card(version: Version, repo_id: str, license_id: str, sizes: dict[str, tuple[int, int]],
+          stats: list[tuple]) -> str:
+    counts = {name: rows for name, (rows, _) in sizes.items()}
+    manifest = version.manifest
+    configs = [{"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}]}
+               for name in ["default", *sorted(t for t in counts if t != "default")]]
+    metadata = {"license": license_id, "task_categories": ["text-generation"], "language": ["en"],
+                "size_categories": [size_category(counts["default"])],
+                "tags": ["dpo", "preference", "realign", "synthetic", *sorted(t for t in counts if t != "default")],
+                "configs": configs,
+                "dataset_info": [{"config_name": name, "features": FEATURES,
+                                  "splits": [{"name": "train", "num_examples": rows, "num_bytes": size}]}
+                                 for name, (rows, size) in sizes.items()]}
+    config, models, code = manifest["config"], manifest["models"], manifest["code"]
+    model_rows = "\n".join(f"| {role} | `{m.get('spec', m.get('id'))}` | `{m.get('identity', m.get('id'))}` |"
+                           for role, m in models.items())
+    stat_rows = "\n".join(f"| {t} | {n} | {margin:.3f} | {chosen:.3f} | {rejected:.3f} |"
+                          for t, n, margin, chosen, rejected in stats)
+    first_type = sorted(t for t in counts if t != "default")[0]
+    loads = (f'pairs = load_dataset("{repo_id}", split="train")  # every pair type\n'
+             f'{first_type} = load_dataset("{repo_id}", "{first_type}", split="train")')
+    body = f"""
+# {repo_id}
+
+Preference pairs built with realign (`realign-data build`) by the ReAlign recipe (EMNLP 2025 Findings): a small
+policy's own samples paired best-vs-worst by a scorer (`on_policy`), and the policy's drafts improved by a reviser and
+posed as a structured revision task (`revision`: prompt = instruction + draft, chosen = revision, rejected = draft),
+plus `revision_direct` and `reviser_train` pairs where built. Rows follow TRL's conversational preference format
+(`prompt`, `chosen`, `rejected`) with provenance columns.
+
+This is version `{version.ref}` of the local store, created {manifest["created_at"]}.
+
+## Provenance
+
+| role | model | identity (spec@sha256 fingerprint) |
+|---|---|---|
+{model_rows}
+
+- Prompt source: `{manifest["inputs"].get("prompts", {}).get("source")}`
+  (fingerprint `{manifest["inputs"].get("prompts", {}).get("fingerprint")}`)
+- Generation: `{json.dumps(config.get("generation", {}))}`; engine `{config.get("engine", {}).get("kind")}`
+- Scoring: `{json.dumps(config.get("scoring", {}))}`
+- Revision: `{json.dumps(config.get("revision", {}))}`
+- Pairs: `{json.dumps(config.get("pairs", {}))}`
+- Code: realign {code["realign_version"]}, git `{code["git_sha"]}`; build command: `{code["command"]}`
+- Packages: {", ".join(f"{k} {v}" for k, v in sorted(code["packages"].items()))}
+- Files: sha256 of every shard of the source version is in its `manifest.json`.
+
+## Statistics
+
+| pair_type | pairs | mean margin | mean chosen score | mean rejected score |
+|---|---|---|---|---|
+{stat_rows}
+
+![margins per pair type](margins.png)
+
+## Use
+
+```python
+from datasets import load_dataset
+{loads}
+```
+
+```python
+from trl import DPOConfig, DPOTrainer
+trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=pairs, processing_class=tokenizer)
+```
+"""
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n" + body
+
+
+def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id: str = "other") -> Path:
+    """Write the Hub layout of ``ref`` into ``out`` (created, must not exist) and return it."""
+    version = store.resolve(ref)
+    if out.exists():
+        raise RealignError(f"{out} already exists; choose another --dry-run folder")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with duckdb.connect() as con:
+            con.execute(f"CREATE VIEW v AS SELECT * FROM read_parquet('{version.data_glob}')")
+            sizes = {"default": _write_config(con, "", staging / "data" / "default")}
+            for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
+                sizes[pair_type] = _write_config(con, f"WHERE pair_type = '{pair_type}'",
+                                                  staging / "data" / pair_type)
+            stats = con.execute("SELECT pair_type, count(*), avg(margin), avg(chosen_score), avg(rejected_score) "
+                                "FROM v GROUP BY 1 ORDER BY 1").fetchall()
+            _margin_histogram(con, staging / "margins.png")
+        (staging / "README.md").write_text(_card(version, repo_id, license_id, sizes, stats))
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def diff_versions(store: Store, left: str, right: str) -> dict[str, Any]:
+    """Pairs added and removed (by pair_id), prompts only on one side, score and margin shifts of shared pairs."""
+    a, b = store.resolve(left), store.resolve(right)
+    with duckdb.connect() as con:
+        con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet('{a.data_glob}')")
+        con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet('{b.data_glob}')")
+
+        def one(sql: str) -> Any:
+            return con.sql(sql).fetchall()[0]
+
+        added = con.execute("SELECT pair_type, count(*) FROM b ANTI JOIN a USING (pair_id) GROUP BY 1 "
+                            "ORDER BY 1").fetchall()
+        removed = con.execute("SELECT pair_type, count(*) FROM a ANTI JOIN b USING (pair_id) GROUP BY 1 "
+                              "ORDER BY 1").fetchall()
+        shared = one("SELECT count(*), avg(b.margin - a.margin), avg(b.chosen_score - a.chosen_score), "
+                     "avg(b.rejected_score - a.rejected_score) FROM a JOIN b USING (pair_id)")
+        prompts_only_left = one("SELECT count(DISTINCT prompt_id) FROM a WHERE prompt_id NOT IN "
+                                "(SELECT prompt_id FROM b)")[0]
+        prompts_only_right = one("SELECT count(DISTINCT prompt_id) FROM b WHERE prompt_id NOT IN "
+                                 "(SELECT prompt_id FROM a)")[0]
+        margins = {side: one(f"SELECT avg(margin), median(margin) FROM {side}") for side in ("a", "b")}
+    return {"left": a.ref, "right": b.ref, "added": dict(added), "removed": dict(removed),
+            "shared_pairs": shared[0], "mean_margin_shift_shared": shared[1], "mean_chosen_score_shift_shared":
+            shared[2], "mean_rejected_score_shift_shared": shared[3], "prompts_only_left": prompts_only_left,
+            "prompts_only_right": prompts_only_right,
+            "margin_mean_median": {a.ref: margins["a"], b.ref: margins["b"]}}
+
+
+def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str) -> dict[str, Any]:
+    """Create the dataset repo if needed and upload the Hub layout; the token comes from HF_TOKEN or the login
+    cache. A version already published to ``repo_id`` is not uploaded again."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    from realign_data.provenance import utc_now
+
+    version = store.resolve(ref)
+    for record in store.publications():
+        if record["ref"] == version.ref and record["repo_id"] == repo_id:
+            return {**record, "status": "already published"}
+    api = HfApi()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = build_hub_folder(store, version.ref, Path(scratch) / "hub", repo_id, license_id)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                                   commit_message=f"realign: {version.ref}")
+    record = {"ref": version.ref, "repo_id": repo_id, "hub_commit": commit.oid, "published_at": utc_now(),
+              "private": private}
+    store.record_publication(record)
+    return {**record, "status": "published"}
