@@ -33,6 +33,7 @@ class ScriptedOpenAIServer:
         self.script = script or (lambda request, seen: Reply())
         self.latency = latency
         self.calls = 0
+        self.in_flight = self.max_in_flight = 0
         self.seen: Counter = Counter()
         self.lock = threading.Lock()
         server = self
@@ -51,8 +52,12 @@ class ScriptedOpenAIServer:
                     server.calls += 1
                     seen = server.seen[identity]
                     server.seen[identity] += 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 reply = server.script(request, seen)
                 time.sleep(server.latency + reply.delay)
+                with server.lock:
+                    server.in_flight -= 1
                 body = reply.body if reply.body is not None else json.dumps(server.completion(request, reply)).encode()
                 try:
                     self.send_response(reply.status)
