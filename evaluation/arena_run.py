@@ -56,8 +56,8 @@ def run_arena(output: Path, judgments: Path | None, judge_config: Path | None, j
             model_name, answers = read_answers(outputs)
             name = name or model_name
         else:
-            answers, answer_settings = make_answers({question_fields(q, str(question_path))[0]:
-                                                     question_fields(q, str(question_path))[1] for q in items})
+            prompts = dict(question_fields(q, str(question_path))[:2] for q in items)
+            answers, answer_settings = make_answers(prompts)
             name = name or answer_settings["model"]
         all_answers[name] = answers
         judge, judge_info = make_judge(spec)

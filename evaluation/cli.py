@@ -55,7 +55,7 @@ def _judge(engine: str, model: str | None, urls: list[str] | None, default_model
     engine_config = EngineConfig(kind=engine, base_urls=urls or [])
     judge_model = ModelConfig(spec=model or default_model)
     generator = create_engine(engine_config, judge_model)
-    judge_id = f"{generator.model_id}"
+    judge_id = generator.model_id
     judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", max_new_tokens=max_new_tokens,
                         max_attempts=attempts, prices=parse_prices(prices))
     return judge, {"engine": engine, "model": judge_model.spec, "id": judge_id, "base_urls": urls or [],
