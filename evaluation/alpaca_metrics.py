@@ -7,7 +7,6 @@ without it the report says so instead of inventing a number.
 
 from __future__ import annotations
 
-import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from evaluation.records import read_records
 from realign_data.errors import InputError
 
 ANNOTATION_FIELDS = ("instruction", "output_1", "output_2", "preference")
@@ -33,24 +33,9 @@ def import_alpaca_eval():
     return alpaca_eval
 
 
-def read_records(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
-    """A JSON array (or JSONL) of objects with ``fields``; errors name the file, row and field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.split("\n") if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not records:
-        raise InputError(f"{path}: no records")
-    for index, record in enumerate(records):
-        missing = [f for f in fields if f not in record]
-        if missing:
-            raise InputError(f"{path}: row {index}: missing field '{missing[0]}'")
-    return pd.DataFrame(records)
+def read_frame(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
+    """A JSON array (or JSONL) of objects with ``fields`` as a DataFrame; errors name the file, row and field."""
+    return pd.DataFrame(read_records(path, fields))
 
 
 def _lc_unavailable(reason: str) -> dict[str, Any]:

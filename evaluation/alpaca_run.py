@@ -8,9 +8,10 @@ from typing import Any
 import pandas as pd
 
 from evaluation.alpaca import annotate
-from evaluation.alpaca_metrics import ANNOTATION_FIELDS, compute_metrics, read_records
-from evaluation.report import file_sha256, plot_length_vs_preference, plot_scores, write_json, write_report
+from evaluation.alpaca_metrics import ANNOTATION_FIELDS, compute_metrics, read_frame
+from evaluation.report import file_sha256, plot_length_vs_preference, plot_scores, write_report
 from realign_data.errors import RealignError
+from realign_data.store import write_json
 
 METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
                "avg_length", "length_controlled_winrate", "lc_standard_error")
@@ -18,7 +19,7 @@ METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws",
 
 def load_eval_set(path: Path | None) -> list[dict]:
     if path is not None:
-        return read_records(path, ("instruction", "output")).to_dict("records")
+        return read_frame(path, ("instruction", "output")).to_dict("records")
     import datasets
 
     try:
@@ -35,15 +36,15 @@ def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eva
     settings: dict[str, Any] = {"annotator": annotator, "limit": limit}
     judge_info, usage, answer_settings = None, None, None
     if annotations is not None:
-        frame = read_records(annotations, ANNOTATION_FIELDS)
-        model_outputs = read_records(outputs, ("instruction", "output")) if outputs else None
+        frame = read_frame(annotations, ANNOTATION_FIELDS)
+        model_outputs = read_frame(outputs, ("instruction", "output")) if outputs else None
         settings["annotations"] = {"path": str(annotations), "sha256": file_sha256(annotations)}
     else:
         examples = load_eval_set(eval_set)[:limit]
         settings["eval_set"] = {"path": str(eval_set) if eval_set else "hub:tatsu-lab/alpaca_eval",
                                 "sha256": file_sha256(eval_set), "n": len(examples)}
         if outputs is not None:
-            model_outputs = read_records(outputs, ("instruction", "output"))
+            model_outputs = read_frame(outputs, ("instruction", "output"))
             answers = dict(zip(model_outputs["instruction"], model_outputs["output"], strict=True))
         else:
             answers, answer_settings = make_answers({e["instruction"]: e["instruction"] for e in examples})

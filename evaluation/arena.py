@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from evaluation.judging import CachedJudge, read_jsonl
+from evaluation.judging import CachedJudge
+from evaluation.records import read_records
 from realign_data.errors import InputError
 
 
@@ -108,9 +109,7 @@ def answer_text(record: dict, where: str) -> str:
 
 def read_answers(path: Path) -> tuple[str, dict[str, str]]:
     """(model name, {question id: answer}) of an answer file."""
-    records = read_jsonl(path)
-    if not records:
-        raise InputError(f"{path}: no answers")
+    records = read_records(path)
     name = records[0].get("model_id", records[0].get("model", path.stem))
     return str(name), {str(r.get("question_id", r.get("uid"))): answer_text(r, str(path)) for r in records}
 

@@ -10,8 +10,8 @@ import pandas as pd
 
 from evaluation.arena import judge_pairs, load_judge_config, question_fields, read_answers
 from evaluation.arena_scoring import battles_from_judgments, leaderboard, read_judgments, style_matrix
-from evaluation.judging import read_jsonl
 from evaluation.official import arena_file
+from evaluation.records import read_records
 from evaluation.report import file_sha256, plot_length_vs_preference, plot_scores, write_report
 
 WIN = {"A>>B": 0.0, "A>B": 0.25, "A=B": 0.5, "B>A": 0.75, "B>>A": 1.0}  # model's share, game 1 (model is B)
@@ -48,7 +48,7 @@ def run_arena(output: Path, judgments: Path | None, judge_config: Path | None, j
         config_path = arena_file("judge_config", judge_config, "--judge-config")
         spec = load_judge_config(config_path, judge_settings)
         question_path = arena_file("questions", questions, "--questions")
-        items = read_jsonl(question_path)[:limit]
+        items = read_records(question_path)[:limit]
         for path in baseline_answers or [arena_file("baseline_answers", None, "--baseline-answers")]:
             model_name, answers = read_answers(path)
             all_answers[model_name] = answers

@@ -12,7 +12,6 @@ items, bold) as extra regressors; the ratings then measure preference with those
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation.records import read_located, require
 from realign_data.errors import InputError
 
 STRONG_WEIGHT = 3
@@ -38,18 +38,10 @@ def read_judgments(directory: Path) -> list[dict]:
         raise InputError(f"{directory}: no judgment files (*.jsonl)")
     records = []
     for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):  # JSON may hold U+2028
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{file}:{number}: invalid JSON ({exc.msg})") from None
-            for field in ("question_id", "model", "games"):
-                if field not in record:
-                    raise InputError(f"{file}:{number}: missing field '{field}'")
+        for where, record in read_located(file):
+            require(where, record, ("question_id", "model", "games"))
             if not isinstance(record["games"], list) or len(record["games"]) != 2:
-                raise InputError(f"{file}:{number}: field 'games' must hold the two games (positions swapped)")
+                raise InputError(f"{where}: field 'games' must hold the two games (positions swapped)")
             records.append(record)
     return records
 

@@ -7,7 +7,6 @@ answer whose verdict cannot be parsed is re-asked as a new attempt (sampled) up 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -81,7 +80,3 @@ class CachedJudge:
             usage["cost_usd"] = round((self.counts["prompt_tokens"] * self.prices[0]
                                        + self.counts["completion_tokens"] * self.prices[1]) / 1e6, 6)
         return usage
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]

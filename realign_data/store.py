@@ -67,6 +67,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temporary file, fsynced, renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class Version:
     name: str
@@ -151,7 +162,7 @@ class Store:
                 self._remove_abandoned_staging()
                 version = max((v.version for v in self.versions(name)), default=0) + 1
                 manifest["version"] = version
-                self._write_json(staging / "manifest.json", manifest)
+                write_json(staging / "manifest.json", manifest)
                 _fsync(staging)
                 target = self.root / "datasets" / name / f"v{version}"
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -204,14 +215,6 @@ class Store:
         if total == 0:
             raise InputError("pairs: no rows to write; a dataset version holds at least one pair")
         return files, counts
-
-    @staticmethod
-    def _write_json(path: Path, data: dict[str, Any]) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def _remove_abandoned_staging(self) -> None:
         """Delete staging directories of writers that died (their pid is gone); called under the lock."""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from evaluation.arena_scoring import battles_from_judgments, leaderboard, read_judgments
-from evaluation.judging import read_jsonl
+from evaluation.records import read_records
 from realign_data.errors import InputError
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
@@ -203,7 +203,7 @@ def v2_answers(path, model, qids, text):
 @needs_shared
 def test_arena_v2_uses_per_category_baselines_and_system_prompts(tmp_path):
     config_dir = ARENA / "config"
-    records = read_jsonl(ARENA / "arena-hard-v2.0" / "question.jsonl")
+    records = read_records(ARENA / "arena-hard-v2.0" / "question.jsonl")
     picked = [r for r in records if r["category"] == "hard_prompt"][:3] + \
         [r for r in records if r["category"] == "creative_writing"][:3]
     questions = tmp_path / "question.jsonl"
@@ -268,3 +268,28 @@ def test_style_control_discounts_wins_explained_by_length(tmp_path):
     assert score("plain") > 55
     assert abs(score("styled") - 50) < abs(score("plain") - 50) / 2
     assert json.loads((tmp_path / "styled" / "report.json").read_text())["settings"]["style_control"] is True
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"instruction": "a"}\n{"instruction": \n', "f.jsonl:2: invalid JSON"),
+    ('{"instruction": "a"}\n\n{"other": 1}\n', "f.jsonl:3: missing field 'instruction'"),
+    ('[{"instruction": "a"}, {"other": 1}]', "f.jsonl: row 1: missing field 'instruction'"),
+    ('{"instruction": "a"}\n[1]\n', "f.jsonl:2: expected a JSON object"),
+    ("\n", "f.jsonl: no records"),
+])
+def test_record_files_name_the_line_row_and_field(tmp_path, text, message):
+    (tmp_path / "f.jsonl").write_text(text)
+    with pytest.raises(InputError) as error:
+        read_records(tmp_path / "f.jsonl", ("instruction",))
+    assert str(error.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(error.value)
+
+
+def test_a_bad_answer_file_stops_arena_with_one_line(tmp_path):
+    questions, baseline, model, config = arena_inputs(tmp_path, count=2)
+    model.write_text(model.read_text() + "{not json\n")
+    result = run_eval("arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
+                      "--outputs", model, "--judge-base-url", "http://127.0.0.1:9/v1", "-o", tmp_path / "r",
+                      check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {model}:3: invalid JSON (Expecting property name "
+                                                  "enclosed in double quotes)"]

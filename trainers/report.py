@@ -37,9 +37,3 @@ def read_manifest_if_any(output_dir: Path) -> dict[str, Any] | None:
     """The training manifest of a finished run in ``output_dir``, or None."""
     path = output_dir / "training_manifest.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
-    tmp.replace(path)

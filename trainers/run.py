@@ -18,10 +18,10 @@ from realign_data.config import config_to_dict
 from realign_data.errors import RealignError
 from realign_data.models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from realign_data.provenance import code_provenance, utc_now
-from realign_data.store import Store
+from realign_data.store import Store, write_json
 from trainers.config import PolicyTrainConfig, ReviserTrainConfig, TrainConfig
 from trainers.data import held_out_split, load_training_pairs, truncation_report
-from trainers.report import plot_curves, write_manifest
+from trainers.report import plot_curves
 
 
 def _common_args(config: TrainConfig, output: Path, learning_rate: float, epochs: float) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, 
         "log_history": trainer.state.log_history,
         "code": code_provenance(),
     }
-    write_manifest(output / "training_manifest.json", manifest)
+    write_json(output / "training_manifest.json", manifest)
     return manifest
 
 
