@@ -351,6 +351,27 @@ with its full provenance. The token comes from HF_TOKEN or `hf auth login` and i
     console.print(f"{result['ref']} -> {result['repo_id']} @ {result['hub_commit']} ({result['status']})")
 
 
+@app.command("pull")
+def pull(spec: Annotated[str, typer.Argument(help="ORG/NAME or ORG/NAME@REVISION (branch, tag or commit sha).")],
+         name: Annotated[str | None, typer.Option("--name", help="Local dataset name.",
+                                                      show_default="the repo's NAME")] = None,
+         config: Annotated[str, typer.Option("--config", help="Dataset config to import (see its card).")] = "default",
+         split: Annotated[str, typer.Option("--split", help="Split to import.")] = "train",
+         store: StoreOption = None) -> None:
+    """Import a dataset from the Hugging Face Hub as a new local version, checked against the pair contract \
+(a dataset that breaks it is refused with the row and field, and nothing is written). The Hub commit sha is \
+recorded in the version's manifest.
+
+    Example: realign-data pull me/realign-smoke@main --name smoke-shared
+    """
+    from realign_data import hub
+
+    version = hub.pull(Store(store), spec, name, config, split)
+    hub_input = version.manifest["inputs"]["hub"]
+    console.print(f"{hub_input['repo_id']}@{hub_input['commit']} -> {version.ref} "
+                  f"({version.manifest['num_rows']} pairs: {version.manifest['rows_by_pair_type']})")
+
+
 @app.command("diff")
 def diff(left: Annotated[str, typer.Argument(help="NAME@vN")], right: Annotated[str, typer.Argument(help="NAME@vN")],
          store: StoreOption = None, fmt: FormatOption = Format.table) -> None:

@@ -2,13 +2,17 @@
 
 ``publish --dry-run DIR`` writes exactly what would be uploaded: ``data/<config>/train-0000k-of-0000n.parquet``,
 ``README.md`` (YAML metadata with ``configs`` and ``dataset_info`` features, the ReAlign recipe, full provenance,
-statistics, load snippets) and ``margins.png``.
+statistics, load snippets), ``margins.png`` and ``realign_manifest.json`` (the version's manifest, so that ``pull``
+restores its provenance). ``pull`` imports a published dataset back as a new local version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,11 @@ import duckdb
 import pyarrow.parquet as pq
 import yaml
 
-from realign_data.errors import RealignError
-from realign_data.store import Store, Version
+from realign_data.errors import InputError, RealignError
+from realign_data.store import NAME_PATTERN, Store, Version
 
 SHARD_ROWS = 250_000
+MANIFEST_FILE = "realign_manifest.json"
 FEATURES = [
     *({"name": column, "list": [{"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}]}
       for column in ("prompt", "chosen", "rejected")),
@@ -114,7 +119,7 @@ This is version `{version.ref}` of the local store, created {manifest["created_a
 - Pairs: `{json.dumps(config.get("pairs", {}))}`
 - Code: realign {code["realign_version"]}, git `{code["git_sha"]}`; build command: `{code["command"]}`
 - Packages: {", ".join(f"{k} {v}" for k, v in sorted(code["packages"].items()))}
-- Files: sha256 of every shard of the source version is in its `manifest.json`.
+- Files: the source version's manifest (config, inputs, models, code, sha256 of every shard) is `realign_manifest.json`.
 
 ## Statistics
 
@@ -157,6 +162,7 @@ def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id
                                 "FROM v GROUP BY 1 ORDER BY 1").fetchall()
             _margin_histogram(con, staging / "margins.png")
         (staging / "README.md").write_text(_card(version, repo_id, license_id, sizes, stats))
+        shutil.copyfile(version.path / "manifest.json", staging / MANIFEST_FILE)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -192,26 +198,133 @@ def diff_versions(store: Store, left: str, right: str) -> dict[str, Any]:
             "margin_mean_median": {a.ref: margins["a"], b.ref: margins["b"]}}
 
 
-def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str) -> dict[str, Any]:
-    """Create the dataset repo if needed and upload the Hub layout; the token comes from HF_TOKEN or the login
-    cache. A version already published to ``repo_id`` is not uploaded again."""
-    import tempfile
+@contextlib.contextmanager
+def hub_errors(repo_id: str) -> Iterator[None]:
+    """Turn huggingface_hub failures into one line a person can act on."""
+    from httpx2 import TransportError  # huggingface_hub's HTTP client
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise RealignError(f"{repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        reason = str(exc).splitlines()[0]
+        hint = " (check HF_TOKEN or `hf auth login`, and write access)" if status in (401, 403) else ""
+        raise RealignError(f"{repo_id}: the Hub answered {status}: {reason}{hint}") from None
+    except (LocalEntryNotFoundError, TransportError) as exc:
+        raise RealignError(f"{repo_id}: cannot reach the Hub at {_endpoint()}: {exc}") from None
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str) -> dict[str, Any]:
+    """Create the dataset repo if needed and upload the Hub layout, replacing the repo's ``data/`` folder.
+
+    The token comes from HF_TOKEN or the login cache. Files the repo already holds byte for byte are not sent again,
+    so publishing a version the repo already holds makes no new commit (status ``unchanged``). A publication is
+    recorded in the catalog only after the Hub accepted it.
+    """
     from huggingface_hub import HfApi
 
     from realign_data.provenance import utc_now
 
     version = store.resolve(ref)
-    for record in store.publications():
-        if record["ref"] == version.ref and record["repo_id"] == repo_id:
-            return {**record, "status": "already published"}
     api = HfApi()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, hub_errors(repo_id):
         folder = build_hub_folder(store, version.ref, Path(scratch) / "hub", repo_id, license_id)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.dataset_info(repo_id)
+        if private and not info.private:
+            raise RealignError(f"{repo_id} already exists and is public, but --private was asked; make it private "
+                               "on the Hub first, or publish without --private")
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                                   commit_message=f"realign: {version.ref}")
+                                   commit_message=f"realign: {version.ref}", delete_patterns=["data/*"])
     record = {"ref": version.ref, "repo_id": repo_id, "hub_commit": commit.oid, "published_at": utc_now(),
-              "private": private}
-    store.record_publication(record)
-    return {**record, "status": "published"}
+              "private": bool(info.private)}
+    known = any((r["ref"], r["repo_id"], r["hub_commit"]) == (version.ref, repo_id, commit.oid)
+                for r in store.publications())
+    if not known:
+        store.record_publication(record)
+    return {**record, "status": "unchanged" if commit.oid == info.sha else "published"}
+
+
+def _config_patterns(card_path: Path, config: str, split: str, where: str) -> list[str] | None:
+    """The data-file patterns of ``config``/``split`` declared in a dataset card; None when the card (if any)
+    declares no configs, so that ``datasets`` infers the files of its single ``default`` config."""
+    from huggingface_hub import DatasetCard
+
+    declared = (DatasetCard.load(card_path).data.configs or []) if card_path.exists() else []
+    if not declared:
+        if config != "default":
+            raise InputError(f"{where}: config {config!r} does not exist; the dataset declares no configs, so "
+                             "only 'default' can be pulled")
+        return None
+    by_name = {entry["config_name"]: entry for entry in declared}
+    if config not in by_name:
+        raise InputError(f"{where}: config {config!r} is not in the dataset card (configs: {', '.join(by_name)})")
+    files = by_name[config]["data_files"]
+    if isinstance(files, str):
+        return [files]
+    patterns = []
+    for entry in files:
+        if isinstance(entry, str):
+            patterns.append(entry)
+        elif entry["split"] == split:
+            patterns.extend([entry["path"]] if isinstance(entry["path"], str) else entry["path"])
+    if not patterns:
+        raise InputError(f"{where}: config {config!r} has no split {split!r} in the dataset card")
+    return patterns
+
+
+def pull(store: Store, spec: str, name: str | None, config: str, split: str) -> Version:
+    """Import ``ORG/NAME[@REVISION]`` from the Hub as a new local version, checked against the pair contract.
+
+    Only the card, the manifest and the files of ``config``/``split`` are downloaded; ``datasets`` reads them. A
+    realign-published dataset brings back its models, build config and inputs from ``realign_manifest.json``.
+    """
+    import datasets
+    from huggingface_hub import HfApi, snapshot_download
+
+    repo_id, _, revision = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise InputError(f"{spec!r}: expected ORG/NAME or ORG/NAME@REVISION")
+    name = name or repo_id.split("/")[1]
+    if not NAME_PATTERN.match(name):
+        raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (choose one with --name)")
+    at = f"{repo_id}@{revision or 'main'}"
+    where = f"{at} (config {config}, split {split})"
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "snapshot"
+        with hub_errors(repo_id):
+            info = HfApi().dataset_info(repo_id, revision=revision or None)
+            commit, present = info.sha, {sibling.rfilename for sibling in info.siblings or []}
+
+            def download(patterns: list[str] | None) -> None:
+                snapshot_download(repo_id, repo_type="dataset", revision=commit, local_dir=local,
+                                  allow_patterns=patterns)
+
+            metadata_files = [path for path in ("README.md", MANIFEST_FILE) if path in present]
+            if metadata_files:
+                download(metadata_files)
+            patterns = _config_patterns(local / "README.md", config, split, at)
+            download(patterns)
+        datasets.disable_progress_bars()
+        try:
+            dataset = datasets.load_dataset(str(local), data_files=None if patterns is None else {split: patterns},
+                                            split=split, cache_dir=str(Path(scratch) / "cache"))
+        except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
+            raise InputError(f"{where}: datasets cannot load it: {str(exc).splitlines()[0]}") from None
+        source = json.loads((local / MANIFEST_FILE).read_text()) if (local / MANIFEST_FILE).exists() else {}
+        hub_input = {"repo_id": repo_id, "revision": revision or "main", "commit": commit, "config": config,
+                     "split": split, "endpoint": _endpoint(),
+                     "source_version": f"{source['dataset']}@v{source['version']}" if source else None}
+        return store.write_version(
+            name, dataset.with_format("arrow").iter(batch_size=65_536), source=where,
+            config=source.get("config", {}), models=source.get("models", {}),
+            inputs={**source.get("inputs", {}), "hub": hub_input})

@@ -144,14 +144,15 @@ class Store:
     def write_version(self, name: str, batches: Iterable[pa.Table | pa.RecordBatch], *,
                       config: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                       models: dict[str, Any] | None = None, stats: dict[str, Any] | None = None,
-                      shard_rows: int = SHARD_ROWS) -> Version:
-        """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``."""
+                      shard_rows: int = SHARD_ROWS, source: str = "pairs") -> Version:
+        """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``;
+        ``source`` names where the rows came from in error messages."""
         if not NAME_PATTERN.match(name):
             raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'")
         staging = self.root / "tmp" / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         (staging / "data").mkdir(parents=True)
         try:
-            files, counts = self._write_shards(staging, batches, shard_rows)
+            files, counts = self._write_shards(staging, batches, shard_rows, source)
             manifest = {
                 "format": FORMAT, "dataset": name, "version": None, "created_at": utc_now(),
                 "num_rows": sum(counts.values()), "rows_by_pair_type": dict(sorted(counts.items())),
@@ -175,7 +176,7 @@ class Store:
         return Version(name, version, target)
 
     def _write_shards(self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch],
-                      shard_rows: int) -> tuple[list[dict[str, Any]], Counter]:
+                      shard_rows: int, source: str) -> tuple[list[dict[str, Any]], Counter]:
         files: list[dict[str, Any]] = []
         counts: Counter = Counter()
         seen_ids: set[str] = set()
@@ -189,10 +190,10 @@ class Store:
 
         for batch in batches:
             table = conform(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch,
-                            first_row=total)
+                            first_row=total, where=source)
             for row, pair_id in enumerate(table["pair_id"].to_pylist()):
                 if pair_id in seen_ids:
-                    raise InputError(f"pairs: row {total + row}: field 'pair_id' {pair_id!r} is not unique "
+                    raise InputError(f"{source}: row {total + row}: field 'pair_id' {pair_id!r} is not unique "
                                      "in the version")
                 seen_ids.add(pair_id)
             counts.update(table["pair_type"].to_pylist())
@@ -213,7 +214,7 @@ class Store:
         if writer is not None:
             close_shard()
         if total == 0:
-            raise InputError("pairs: no rows to write; a dataset version holds at least one pair")
+            raise InputError(f"{source}: no rows to write; a dataset version holds at least one pair")
         return files, counts
 
     def _remove_abandoned_staging(self) -> None:
