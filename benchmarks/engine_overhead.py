@@ -35,7 +35,7 @@ def plain_generate(engine: HFEngine, conversations, batch_size: int, max_new_tok
     produced = 0
     for start in range(0, len(conversations), batch_size):
         batch = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
-                                              padding=True, return_tensors="pt", return_dict=True)
+                                              padding=True, return_tensors="pt", return_dict=True).to(model.device)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)
         produced += int((output[:, batch["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum())
