@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from realign_data.errors import InputError, RealignError
-from realign_data.store import NAME_PATTERN, Store, Version
+from realign_data.store import Store, Version, check_name
 
 SHARD_ROWS = 250_000
 MANIFEST_FILE = "realign_manifest.json"
@@ -295,14 +295,14 @@ def pull(store: Store, spec: str, name: str | None, config: str, split: str) -> 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise InputError(f"{spec!r}: expected ORG/NAME or ORG/NAME@REVISION")
     name = name or repo_id.split("/")[1]
-    if not NAME_PATTERN.match(name):
-        raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (choose one with --name)")
-    at = f"{repo_id}@{revision or 'main'}"
+    check_name(name, hint=" (choose one with --name)")  # before anything is downloaded
+    revision = revision or "main"
+    at = f"{repo_id}@{revision}"
     where = f"{at} (config {config}, split {split})"
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / "snapshot"
         with hub_errors(repo_id):
-            info = HfApi().dataset_info(repo_id, revision=revision or None)
+            info = HfApi().dataset_info(repo_id, revision=revision)
             commit, present = info.sha, {sibling.rfilename for sibling in info.siblings or []}
 
             def download(patterns: list[str] | None) -> None:
@@ -321,7 +321,7 @@ def pull(store: Store, spec: str, name: str | None, config: str, split: str) -> 
         except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
             raise InputError(f"{where}: datasets cannot load it: {str(exc).splitlines()[0]}") from None
         source = json.loads((local / MANIFEST_FILE).read_text()) if (local / MANIFEST_FILE).exists() else {}
-        hub_input = {"repo_id": repo_id, "revision": revision or "main", "commit": commit, "config": config,
+        hub_input = {"repo_id": repo_id, "revision": revision, "commit": commit, "config": config,
                      "split": split, "endpoint": _endpoint(),
                      "source_version": f"{source['dataset']}@v{source['version']}" if source else None}
         return store.write_version(

@@ -101,6 +101,12 @@ class Version:
         return str(self.path / "data" / "*.parquet")
 
 
+def check_name(name: str, hint: str = "") -> None:
+    """Refuse a dataset name that cannot be a store folder; ``hint`` says how to choose another."""
+    if not NAME_PATTERN.match(name):
+        raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'{hint}")
+
+
 class Store:
     """A directory of immutable pair-dataset versions plus its DuckDB catalog."""
 
@@ -147,8 +153,7 @@ class Store:
                       shard_rows: int = SHARD_ROWS, source: str = "pairs") -> Version:
         """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``;
         ``source`` names where the rows came from in error messages."""
-        if not NAME_PATTERN.match(name):
-            raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'")
+        check_name(name)
         staging = self.root / "tmp" / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         (staging / "data").mkdir(parents=True)
         try:
