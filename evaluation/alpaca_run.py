@@ -1,4 +1,8 @@
-"""`realign-eval alpaca`: answers -> annotations -> alpaca_eval metrics -> report folder."""
+"""`realign-eval alpaca`: answers -> annotations -> alpaca_eval metrics -> report folder.
+
+Every input is read and checked before anything is written: a bad file or option stops the run with one line
+(exit 2) and leaves the report folder untouched.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,28 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.alpaca import annotate
-from evaluation.alpaca_metrics import ANNOTATION_FIELDS, compute_metrics, read_frame
-from evaluation.report import file_sha256, plot_length_vs_preference, plot_scores, write_report
-from realign_data.errors import RealignError
+from evaluation.alpaca import annotate, annotator_template
+from evaluation.alpaca_metrics import compute_metrics, find_lc_data, model_name, read_annotations, read_outputs
+from evaluation.records import read_table
+from evaluation.report import (
+    check_output,
+    file_sha256,
+    plot_length_vs_preference,
+    plot_scores,
+    usage_note,
+    write_report,
+)
+from realign_data.errors import InputError, RealignError
 from realign_data.store import write_json
 
 METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
                "avg_length", "length_controlled_winrate", "lc_standard_error")
+LEADERBOARD_COLUMNS = ("win_rate", "standard_error")
 
 
 def load_eval_set(path: Path | None) -> list[dict]:
     if path is not None:
-        return read_frame(path, ("instruction", "output")).to_dict("records")
+        return read_outputs(path).to_dict("records")
     import datasets
 
     try:
@@ -30,48 +43,81 @@ def load_eval_set(path: Path | None) -> list[dict]:
     return [dict(row) for row in data]
 
 
+def interval(score: float | None, error: float | None) -> tuple[float | None, float | None]:
+    """The 95% interval of a win rate; the point itself when the standard error is unknown (one row)."""
+    if score is None or error is None:
+        return score, score
+    return score - 1.96 * error, score + 1.96 * error
+
+
 def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eval_set: Path | None,
                limit: int | None, name: str | None, lc_data: Path | None, reference_leaderboard: Path | None,
-               annotator: str, make_answers, make_judge) -> dict[str, Any]:
+               annotator: str, make_answers, make_judge, check_servers=lambda: None) -> dict[str, Any]:
+    check_output(output)
+    published = read_table(reference_leaderboard, "--reference-leaderboard (an AlpacaEval leaderboard CSV)",
+                           LEADERBOARD_COLUMNS, LEADERBOARD_COLUMNS, index_col=0) \
+        if reference_leaderboard is not None else None
     settings: dict[str, Any] = {"annotator": annotator, "limit": limit}
     judge_info, usage, answer_settings = None, None, None
     if annotations is not None:
-        frame = read_frame(annotations, ANNOTATION_FIELDS)
-        model_outputs = read_frame(outputs, ("instruction", "output")) if outputs else None
+        frame = read_annotations(annotations)
+        model_outputs = read_outputs(outputs) if outputs else None
+        name = name or model_name(frame, "generator_2") or \
+            (model_name(model_outputs, "generator") if model_outputs is not None else None) or "model"
+        frame["index"] = range(len(frame))  # the file's order is the set's order, as alpaca_eval writes it
         settings["annotations"] = {"path": str(annotations), "sha256": file_sha256(annotations)}
+        lc_path, lc_reason = find_lc_data(lc_data)
     else:
+        annotator_template(annotator)  # an unknown annotator stops the run before any answer is generated
         examples = load_eval_set(eval_set)[:limit]
         settings["eval_set"] = {"path": str(eval_set) if eval_set else "hub:tatsu-lab/alpaca_eval",
                                 "sha256": file_sha256(eval_set), "n": len(examples)}
         if outputs is not None:
-            model_outputs = read_frame(outputs, ("instruction", "output"))
+            model_outputs = read_outputs(outputs)
             answers = dict(zip(model_outputs["instruction"], model_outputs["output"], strict=True))
-        else:
+            if not any(example["instruction"] in answers for example in examples):
+                raise InputError(f"{outputs}: none of its {len(answers)} instruction(s) is in the eval set "
+                                 f"({settings['eval_set']['path']}, {len(examples)} used)")
+        check_servers()  # the judge's (and the model's) servers are named: the inputs are read and valid
+        if outputs is None:
             answers, answer_settings = make_answers({e["instruction"]: e["instruction"] for e in examples})
             model_outputs = pd.DataFrame([{"instruction": k, "output": v} for k, v in answers.items()])
-        name = name or (str(model_outputs["generator"].iloc[0]) if "generator" in model_outputs else "model")
+            if model_outputs.empty:
+                raise RealignError("the model produced no answer (every generation failed)")
+        name = name or model_name(model_outputs, "generator") or "model"
+        lc_path, lc_reason = find_lc_data(lc_data)
         judge, judge_info = make_judge()
-        frame = pd.DataFrame(annotate(examples, answers, name, annotator, judge))
+        records = annotate(examples, answers, name, annotator, judge)
         usage = judge.usage()
         output.mkdir(parents=True, exist_ok=True)
-        write_json(output / "annotations.json", frame.to_dict("records"))
+        write_json(output / "annotations.json", records)
         write_json(output / "model_outputs.json", model_outputs.to_dict("records"))
-    name = name or str(frame["generator_2"].iloc[0])
+        positions = {example["instruction"]: index for index, example in enumerate(examples)}
+        frame = pd.DataFrame(records)
+        frame["preference"] = frame["preference"].astype(float)
+        frame["index"] = frame["instruction"].map(positions)  # the row's place in the set, for the LC fit
+        if frame["preference"].isna().all():
+            raise RealignError(f"the judge gave no parseable preference for any of the {len(frame)} instruction(s) "
+                               f"(annotations saved in {output / 'annotations.json'})")
     failures = int(frame["preference"].isna().sum())
-    metrics = compute_metrics(frame[frame["preference"].notna()], model_outputs, lc_data)
-    output.mkdir(parents=True, exist_ok=True)
-    rows = [{"label": name, "score": metrics["win_rate"], "lower": metrics["win_rate"] - 1.96 * metrics[
-        "standard_error"], "upper": metrics["win_rate"] + 1.96 * metrics["standard_error"], "ours": True}]
-    if reference_leaderboard is not None:
-        published = pd.read_csv(reference_leaderboard, index_col=0)
-        rows += [{"label": model, "score": r["win_rate"], "lower": r["win_rate"] - 1.96 * r["standard_error"],
-                  "upper": r["win_rate"] + 1.96 * r["standard_error"]} for model, r in published.head(15).iterrows()]
-    plot_scores(rows, "AlpacaEval 2 win rate (%) with 95% CI", output / "score_ci.png")
     scored = frame[frame["preference"].notna()]
+    metrics = compute_metrics(scored, model_outputs, lc_path, lc_reason, name)
+    output.mkdir(parents=True, exist_ok=True)
+    lower, upper = interval(metrics["win_rate"], metrics["standard_error"])
+    rows = [{"label": name, "score": metrics["win_rate"], "lower": lower, "upper": upper, "ours": True}]
+    if published is not None:
+        for model, row in published.dropna(subset=list(LEADERBOARD_COLUMNS)).head(15).iterrows():
+            low, high = interval(float(row["win_rate"]), float(row["standard_error"]))
+            rows.append({"label": str(model), "score": float(row["win_rate"]), "lower": low, "upper": high})
+    plot_scores(rows, "AlpacaEval 2 win rate (%) with 95% CI", output / "score_ci.png")
     plot_length_vs_preference(scored["output_2"].str.len().tolist(), scored["preference"].astype(float).tolist(),
                               "preference (1 = reference, 2 = model)", output / "length_vs_preference.png")
     notes = [f"LC win rate unavailable: {metrics['lc_unavailable']}"] if metrics.get("lc_unavailable") else []
     notes.append(f"{failures} annotation(s) without a parseable preference were left out")
+    if metrics.get("standard_error") is None:
+        notes.append("standard error undefined (fewer than two scored annotations)")
+    if usage is not None:
+        notes.append(usage_note(usage))
     return write_report(output, "AlpacaEval 2", {
         "model": {"name": name, **(answer_settings or {})}, "metrics": metrics, "n": metrics["n_total"],
         "failures": failures, "settings": settings, "judge": judge_info, "judge_usage": usage},

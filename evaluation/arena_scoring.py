@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.records import read_located, require
+from evaluation.records import json_kind, read_located, require
 from realign_data.errors import InputError
 
 STRONG_WEIGHT = 3
@@ -31,19 +31,50 @@ GAME_ONE = {"A>>B": ("baseline", STRONG_WEIGHT), "A>B": ("baseline", 1), "A=B": 
 SWAP = {"baseline": "model", "model": "baseline", "tie": "tie"}
 
 
+def _check_games(where: str, record: dict) -> None:
+    """``games``: the two games, each an object whose ``score`` is a verdict label or null (unparseable)."""
+    games = record["games"]
+    if not isinstance(games, list) or len(games) != 2:
+        raise InputError(f"{where}: field 'games' must hold the two games (positions swapped), got "
+                         f"{json_kind(games)}" + (f" of {len(games)}" if isinstance(games, list) else ""))
+    for index, game in enumerate(games):
+        if not isinstance(game, dict):
+            raise InputError(f"{where}: field 'games' [{index}] must be an object with a 'score', got "
+                             f"{json_kind(game)}")
+        if "score" not in game:
+            raise InputError(f"{where}: field 'games' [{index}] has no 'score' (the verdict label, e.g. \"A>B\", "
+                             "or null)")
+        if game["score"] is not None and not isinstance(game["score"], str):
+            raise InputError(f"{where}: field 'games' [{index}] 'score' must be a verdict label or null, got "
+                             f"{json_kind(game['score'])}")
+
+
 def read_judgments(directory: Path) -> list[dict]:
     """Every ``*.jsonl`` judgment file of a directory (official layout), files in name order."""
+    if not directory.exists():
+        raise InputError(f"{directory}: no such directory (--judgments takes a folder of *.jsonl judgment files)")
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory (--judgments takes a folder of *.jsonl judgment files)")
     files = sorted(directory.glob("*.jsonl"))
     if not files:
         raise InputError(f"{directory}: no judgment files (*.jsonl)")
-    records = []
-    for file in files:
-        for where, record in read_located(file):
-            require(where, record, ("question_id", "model", "games"))
-            if not isinstance(record["games"], list) or len(record["games"]) != 2:
-                raise InputError(f"{where}: field 'games' must hold the two games (positions swapped)")
-            records.append(record)
-    return records
+    located = [item for file in files for item in read_located(file)]
+    if not located:
+        raise InputError(f"{directory}: the judgment files hold no records")
+    for where, record in located:  # every record's fields first, then the games' contents
+        require(where, record, ("question_id", "model", "games"))
+        qid = record["question_id"]
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+            raise InputError(f"{where}: field 'question_id' must be a string or integer, got {json_kind(qid)}")
+        if not isinstance(record["model"], str) or not record["model"]:
+            raise InputError(f"{where}: field 'model' must be a model name (string), got "
+                             f"{json_kind(record['model'])}")
+        for field in ("baseline", "category"):
+            if record.get(field) is not None and not isinstance(record[field], str):
+                raise InputError(f"{where}: field '{field}' must be a string, got {json_kind(record[field])}")
+    for where, record in located:
+        _check_games(where, record)
+    return [record for _, record in located]
 
 
 def battles_from_judgments(records: list[dict], baseline: str) -> pd.DataFrame:
@@ -57,7 +88,7 @@ def battles_from_judgments(records: list[dict], baseline: str) -> pd.DataFrame:
             side, count = outcome
             side = SWAP[side] if game_index == 1 else side  # game two puts the model in position A
             winner = {"baseline": "model_a", "model": "model_b", "tie": "tie"}[side]
-            rows += [{"question_id": record["question_id"], "model_a": record.get("baseline") or baseline,
+            rows += [{"question_id": str(record["question_id"]), "model_a": record.get("baseline") or baseline,
                       "model_b": record["model"], "winner": winner, "category": record.get("category")}] * count
     if not rows:
         raise InputError("no parseable verdicts in the judgments")

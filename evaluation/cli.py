@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,13 @@ from evaluation.alpaca import DEFAULT_ANNOTATOR
 from realign_data.config import EngineConfig, ModelConfig
 from realign_data.errors import InputError, main_with_errors
 from realign_data.models import realign_home
+from realign_data.provenance import strip_url_credentials
 
 app = typer.Typer(help="Benchmark a model on AlpacaEval 2 or Arena-Hard with any OpenAI-compatible or local judge; "
                        "every judge call is cached, every setting recorded in the report folder.",
                   no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 console = Console()
+ENGINES = ("hf", "openai", "vllm")
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Report folder to write.")]
 OutputsFile = Annotated[Path | None, typer.Option("--outputs", help="Existing answers of the model.")]
@@ -44,7 +47,14 @@ def parse_prices(text: str | None) -> tuple[float, float] | None:
         prompt, completion = (float(part) for part in text.split(","))
     except ValueError:
         raise InputError(f"--judge-prices {text!r}: expected two numbers, e.g. 2.5,10") from None
+    if not all(math.isfinite(price) and price >= 0 for price in (prompt, completion)):
+        raise InputError(f"--judge-prices {text!r}: prices must be finite and not negative")
     return prompt, completion
+
+
+def _urls(urls: list[str] | None) -> list[str]:
+    """Server URLs as recorded in a report: credentials (user:key@) removed."""
+    return [strip_url_credentials(url) for url in urls or []]
 
 
 def _judge(engine: str, model: str | None, urls: list[str] | None, default_model: str, max_new_tokens: int,
@@ -58,7 +68,8 @@ def _judge(engine: str, model: str | None, urls: list[str] | None, default_model
     judge_id = generator.model_id
     judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", max_new_tokens=max_new_tokens,
                         max_attempts=attempts, prices=parse_prices(prices))
-    return judge, {"engine": engine, "model": judge_model.spec, "id": judge_id, "base_urls": urls or [],
+    return judge, {"engine": engine, "model": strip_url_credentials(judge_model.spec),
+                   "id": strip_url_credentials(judge_id), "base_urls": _urls(urls),
                    "prices_usd_per_million_tokens": parse_prices(prices)}
 
 
@@ -68,8 +79,27 @@ def _answers(prompts: dict[str, str], model: str | None, engine: str, urls: list
     if model is None:
         raise InputError("no answers: pass --outputs FILE or --model SPEC to generate them")
     with console.status(f"generating {len(prompts)} answers with {model} ..."):
-        return generate_answers(prompts, ModelConfig(spec=model), EngineConfig(kind=engine, base_urls=urls or []),
-                                max_new_tokens)
+        answers, settings = generate_answers(prompts, ModelConfig(spec=model),
+                                             EngineConfig(kind=engine, base_urls=urls or []), max_new_tokens)
+    settings = {**settings, "model": strip_url_credentials(str(settings["model"])),
+                "model_id": strip_url_credentials(str(settings["model_id"])), "base_urls": _urls(urls)}
+    return answers, settings
+
+
+def _check_engine_names(judge_engine: str, engine: str) -> None:
+    for kind, option in ((engine, "--engine"), (judge_engine, "--judge-engine")):
+        if kind not in ENGINES:
+            raise InputError(f"{option} {kind!r}: expected one of {', '.join(ENGINES)}")
+
+
+def _check_servers(judging: bool, generating: bool, judge_engine: str, judge_urls: list[str] | None, engine: str,
+                   urls: list[str] | None) -> None:
+    """The servers an openai engine needs: checked once the input files are read, before any answer is generated."""
+    if judging and judge_engine == "openai" and not judge_urls:
+        raise InputError("--judge-engine openai needs --judge-base-url URL (an OpenAI-compatible server), or use "
+                         "--judge-engine hf")
+    if generating and engine == "openai" and not urls:
+        raise InputError("--engine openai needs --base-url URL (an OpenAI-compatible server serving --model)")
 
 
 @app.command("alpaca")
@@ -92,14 +122,19 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
     """
     from evaluation.alpaca_run import run_alpaca
 
+    parse_prices(judge_prices)
+    _check_engine_names(judge_engine, engine)
     report = run_alpaca(output=output, annotations=annotations, outputs=outputs, eval_set=eval_set, limit=limit,
                         name=name, lc_data=lc_data, reference_leaderboard=reference_leaderboard, annotator=annotator,
                         make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
                         make_judge=lambda: _judge(judge_engine, judge_model, judge_base_url, "gpt-4-1106-preview",
-                                                  8, max_attempts, judge_prices))
+                                                  8, max_attempts, judge_prices),
+                        check_servers=lambda: _check_servers(True, outputs is None and model is not None,
+                                                             judge_engine, judge_base_url, engine, base_url))
     metrics = report["metrics"]
+    error = f"{metrics['standard_error']:.2f}" if metrics.get("standard_error") is not None else "undefined"
     console.print(f"[bold]{report['model']['name']}[/]: win rate {metrics['win_rate']:.2f} "
-                  f"(SE {metrics['standard_error']:.2f}, n={metrics['n_total']}); LC "
+                  f"(SE {error}, n={metrics['n_total']}); LC "
                   + (f"{metrics['length_controlled_winrate']:.2f}" if metrics.get('length_controlled_winrate')
                      is not None else f"unavailable: {metrics['lc_unavailable']}") + f"\nreport: {output}/report.md")
 
@@ -123,7 +158,7 @@ def arena(output: Output, judgments: Annotated[Path | None, typer.Option(
           base_url: ModelUrls = None, max_new_tokens: MaxTokens = 1024, judge_model: JudgeModel = None,
           judge_base_url: JudgeUrls = None, judge_engine: JudgeEngine = "openai", limit: Limit = None,
           name: Name = None, baseline: Annotated[str, typer.Option(help="Baseline model name.")] = "gpt-4-0314",
-          rounds: Annotated[int, typer.Option(help="Bootstrap rounds.")] = 100,
+          rounds: Annotated[int, typer.Option(min=1, help="Bootstrap rounds.")] = 100,
           reference_leaderboard: References = None, judge_prices: Prices = None) -> None:
     """Arena-Hard v0.1 and v2.0: two games per question against the baseline, Bradley-Terry scores with \
 bootstrap CIs (per category in v2.0), optional style control.
@@ -132,13 +167,17 @@ bootstrap CIs (per category in v2.0), optional style control.
     """
     from evaluation.arena_run import run_arena
 
+    parse_prices(judge_prices)
+    _check_engine_names(judge_engine, engine)
     report = run_arena(output=output, judgments=judgments, judge_config=judge_config, judge_settings=judge_settings,
                        questions=questions, baseline_answers=baseline_answers, answers_dir=answers_dir,
                        outputs=outputs, limit=limit, name=name, baseline=baseline, rounds=rounds,
                        style_control=style_control, reference_leaderboard=reference_leaderboard,
                        make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
                        make_judge=lambda spec: _judge(judge_engine, judge_model, judge_base_url, spec.judge_model,
-                                                      spec.max_tokens, spec.attempts, judge_prices))
+                                                      spec.max_tokens, spec.attempts, judge_prices),
+                       check_servers=lambda: _check_servers(True, outputs is None and model is not None,
+                                                            judge_engine, judge_base_url, engine, base_url))
     for row in report["leaderboard"]:
         label = f"{row['model']} [{row['category']}]" if "category" in row else row["model"]
         console.print(f"{label:<50} {row['score']:6.2f}  ({row['lower']:.2f}, {row['upper']:.2f})")
@@ -152,8 +191,10 @@ def compare(reports: Annotated[list[Path], typer.Argument(help="Report folders w
             reference_leaderboard: References = None) -> None:
     """A leaderboard across report folders (DuckDB over their report.json), with published reference rows."""
     from evaluation.compare import leaderboard_rows
-    from evaluation.report import markdown_table
+    from evaluation.report import check_output, markdown_table
 
+    if output is not None:
+        check_output(output)
     columns, rows = leaderboard_rows(reports, reference_leaderboard)
     table = markdown_table(columns, rows)
     print(table, end="")

@@ -75,7 +75,13 @@ class CachedJudge:
         return results
 
     def usage(self) -> dict[str, object]:
+        """Calls, cache hits, tokens and failures, with the engine's retries by reason (e.g. RateLimitError)."""
         usage = dict(self.counts)
+        stats = getattr(self.engine, "stats", None) or {}  # OpenAIEngine counts "retry:<exception name>"
+        retries = {key.split(":", 1)[1]: int(count) for key, count in sorted(stats.items())
+                   if key.startswith("retry:") and count}
+        usage["retries"] = retries
+        usage["retries_total"] = sum(retries.values())
         if self.prices is not None:
             usage["cost_usd"] = round((self.counts["prompt_tokens"] * self.prices[0]
                                        + self.counts["completion_tokens"] * self.prices[1]) / 1e6, 6)

@@ -6,12 +6,33 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from realign_data.errors import InputError
 from realign_data.provenance import code_provenance, utc_now
-from realign_data.store import write_json
+from realign_data.store import json_safe, write_json
 
 
 def file_sha256(path: Path | None) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+
+
+def check_output(output: Path) -> None:
+    """The report folder can be written: it does not exist yet or is a folder (checked before any work)."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output}: exists and is not a folder")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"-o {output}: {parent} is not a folder")
+            break
+
+
+def usage_note(usage: dict[str, Any]) -> str:
+    """One line on what the judge cost in calls: made, served from the cache, retried (by reason), failed."""
+    retries = usage.get("retries") or {}
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(retries.items()))
+    return (f"judge: {usage.get('calls', 0)} call(s), {usage.get('cached', 0)} from the cache, "
+            f"{usage.get('retries_total', 0)} retried" + (f" ({reasons})" if reasons else "")
+            + f", {usage.get('failed', 0)} failed after retries, {usage.get('unparseable', 0)} unparseable")
 
 
 def _pyplot():
@@ -65,7 +86,7 @@ def write_report(output: Path, benchmark: str, body: dict[str, Any], table: tupl
                  notes: list[str]) -> dict[str, Any]:
     """report.json (body plus provenance) and report.md (title, table, notes) in ``output``."""
     output.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": benchmark, "created_at": utc_now(), **body, "code": code_provenance()}
+    report = json_safe({"benchmark": benchmark, "created_at": utc_now(), **body, "code": code_provenance()})
     write_json(output / "report.json", report)
     markdown = [f"# {benchmark} report\n", markdown_table(*table)] + [f"- {note}\n" for note in notes]
     (output / "report.md").write_text("\n".join(markdown))

@@ -1,35 +1,45 @@
 """The build pipeline: prompts -> generate -> score -> revise -> pairs -> commit, resumable at every step.
 
 Each stage caches its results under ``<store>/runs/<run-id>/<stage>/`` keyed by content, so a re-run (after an
-interruption, or with more samples) computes only what is missing. Models are loaded once and shared between
-roles: in the embedded default, SmolLM2 is policy, reviser and judge from one set of weights.
+interruption, or with more samples) computes only what is missing. Only results are cached, never failures: a
+request that failed, an empty response and an unrated item are counted by stage and reason, and a re-run asks for
+exactly those again. One build at a time holds a run (a lock beside its folder, released by the kernel when the
+process dies). Models are loaded once and shared between roles: in the embedded default, SmolLM2 is policy,
+reviser and judge from one set of weights.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import statistics
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
-from realign_data.config import BuildConfig, EngineConfig, ModelConfig, config_to_dict
+from realign_data.config import NO_BASE_URLS, BuildConfig, EngineConfig, ModelConfig, config_to_dict
 from realign_data.engines import GenerationRequest, SamplingParams, create_engine
-from realign_data.errors import RealignError
+from realign_data.errors import InputError, RealignError
 from realign_data.models import load_model, load_tokenizer, resolve_model
 from realign_data.pairs import PromptResults, Provenance, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.prompts import PromptSet, load_prompts
+from realign_data.provenance import redact, utc_now
 from realign_data.runs import StageCache, content_key
 from realign_data.schema import PAIR_SCHEMA
 from realign_data.scoring import LogprobJudge, RewardModelScorer, ScoreItem, TextJudge
-from realign_data.store import Store, Version
+from realign_data.store import HOST, Store, Version, check_name, write_json
 from realign_data.templates import load_template
 
 STAGES = ("generate", "score", "revise", "pairs")
 TaskFactory = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+EXAMPLES = 3  # failed items named in an error when nothing of a stage succeeded
 
 SAMPLES = pa.schema([("key", pa.string()), ("prompt_id", pa.string()), ("index", pa.int32()), ("text", pa.string()),
                      ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()), ("finish_reason", pa.string())])
@@ -43,7 +53,8 @@ class BuildResult:
     rows: list[dict] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     mix: dict[str, dict] = field(default_factory=dict)
-    failures: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, list[dict]] = field(default_factory=dict)  # stage -> [{id, reason, detail}]
+    retries: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> {reason: count}
     stats: dict[str, Any] = field(default_factory=dict)
     version: Version | None = None
 
@@ -52,18 +63,29 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
     return lambda n: None
 
 
+def failure_reason(detail: str) -> str:
+    """A short, countable reason: ``HTTP 500: ...`` -> ``HTTP 500``, ``InternalServerError: ...`` -> its class."""
+    return detail.split(":", 1)[0].strip()[:60] or "unknown"
+
+
+def failure_summary(failures: list[dict]) -> dict[str, int]:
+    return dict(sorted(Counter(f["reason"] for f in failures).items()))
+
+
 class Build:
     def __init__(self, config: BuildConfig, store: Store, run_id: str | None = None, fresh: bool = False,
                  progress: TaskFactory | None = None):
         self.config = config
         self.store = store
-        self.run_dir = store.root / "runs" / (run_id or config.dataset)
-        if fresh:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        run_id = run_id or config.dataset
+        check_name(run_id, hint=" (--run-id names one folder under <store>/runs/)", what="run id")
+        self.run_dir = store.root / "runs" / run_id
+        self.fresh = fresh
         self.progress = progress or _no_progress
         self._engines: dict[tuple, Any] = {}
         self._identities: dict[tuple, str] = {}
-        self.failures: dict[str, list[str]] = {}
+        self.failures: dict[str, list[dict]] = {}
+        self.retries: dict[str, Counter] = {}
         self.computed: Counter = Counter()
         self.revision_template = load_template("revision", ("instruction", "draft"), config.revision.template)
         self.judge_template = load_template("judge", ("instruction", "response"), config.scoring.template)
@@ -91,7 +113,7 @@ class Build:
     def judge(self) -> tuple[EngineConfig, ModelConfig]:
         model = self.config.scoring.model or self.config.policy
         if self.config.scoring.method == "reward_model" and self.config.scoring.model is None:
-            raise RealignError("scoring.model is required with scoring.method=reward_model, e.g. "
+            raise InputError("scoring.model is required with scoring.method=reward_model, e.g. "
                                "--set scoring.model.spec=Skywork/Skywork-Reward-Llama-3.1-8B-v0.2")
         return self.config.scoring.engine or self.config.engine, model
 
@@ -105,6 +127,60 @@ class Build:
         return SamplingParams(n=1, temperature=r.temperature, top_p=g.top_p,
                               max_new_tokens=r.max_new_tokens or g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
 
+    # ---- the run folder: one build at a time -----------------------------------------------------------------
+    @contextmanager
+    def holding_run(self) -> Iterator[None]:
+        """Hold ``<run>.lock`` while stages write the cache; a second build on the run is refused, naming the first.
+
+        The lock is an flock: the kernel releases it when its process dies, so a killed build leaves no stale
+        lock. ``<run>.owner.json`` says who holds it (host, pid, start, command) for that message.
+        """
+        runs = self.run_dir.parent
+        runs.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.run_dir) + ".lock")
+        owner_file = self.run_dir.with_name(self.run_dir.name + ".owner.json")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                owner = json.loads(owner_file.read_text())
+                who = (f"pid {owner['pid']} on {owner['host']} since {owner['started_at']}: "
+                       f"{owner['command']}")
+            except (OSError, ValueError, KeyError):
+                who = "another process"
+            raise RealignError(f"run {self.run_dir.name!r} is in use by {who}; wait for it to finish, or pass "
+                               "another --run-id") from None
+        try:
+            write_json(owner_file, {"host": HOST, "pid": os.getpid(), "started_at": utc_now(),
+                                    "command": redact(" ".join(sys.argv))})
+            if self.fresh:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                self.fresh = False
+            yield
+        finally:
+            lock.release()
+
+    def fail(self, stage: str, item: str, detail: str) -> None:
+        """Count a failed item of ``stage``: it is not cached, so a re-run asks for it again."""
+        self.failures.setdefault(stage, []).append({"id": item, "reason": failure_reason(detail),
+                                                    "detail": detail[:300]})
+
+    def _check_stage(self, stage: str, succeeded: int, failed_before: int) -> None:
+        """When nothing of a stage succeeded there is nothing to build on: stop, naming some of the failures."""
+        failed = self.failures.get(stage, [])[failed_before:]
+        if failed and not succeeded:
+            reasons = ", ".join(f"{r}={n}" for r, n in failure_summary(failed).items())
+            shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:80]}" for f in failed[:EXAMPLES])
+            raise RealignError(f"{stage}: every request failed ({len(failed)} failure(s): {reasons}); "
+                               f"e.g. {shown}")
+
+    def _count_retries(self, stage: str, engine, before: Counter) -> None:
+        stats = getattr(engine, "stats", Counter())
+        delta = {key.removeprefix("retry:"): stats[key] - before.get(key, 0) for key in stats
+                 if key.startswith("retry:") and stats[key] > before.get(key, 0)}
+        if delta:
+            self.retries.setdefault(stage, Counter()).update(delta)
+
     # ---- stages ----------------------------------------------------------------------------------------------
     def load_prompts(self) -> PromptSet:
         tokenizer = None
@@ -115,21 +191,32 @@ class Build:
 
     def _run_requests(self, stage: str, cache: StageCache, requests: list[GenerationRequest], engine_model,
                       rows_for: Callable) -> None:
-        """Send the requests whose results are not cached yet; cache each result as soon as it arrives."""
+        """Send the requests whose results are not cached yet; cache each non-empty result as soon as it arrives.
+
+        A failed request and an empty (or whitespace-only) response are counted, never cached."""
         advance = self.progress(stage, len(requests))
         if not requests:
             return
         engine = self.engine(*engine_model)
+        before = Counter(getattr(engine, "stats", Counter()))
+        failed_before, succeeded = len(self.failures.get(stage, [])), 0
         try:
             for result in engine.generate(requests, advance):
                 if result.error is not None:
-                    self.failures.setdefault(stage, []).append(f"{result.request_id}: {result.error}")
+                    self.fail(stage, result.request_id, result.error)
                     continue
                 for row in rows_for(result):
+                    if not row["text"].strip():
+                        self.fail(stage, f"{row['prompt_id']}#{row['index']}", "empty response: the model "
+                                  "returned no text")
+                        continue
                     cache.add(row)
                     self.computed[stage] += 1
+                    succeeded += 1
         finally:
             cache.flush()
+            self._count_retries(stage, engine, before)
+        self._check_stage(stage, succeeded, failed_before)
 
     def generate(self, prompts: PromptSet) -> dict[str, list[dict]]:
         """K samples per prompt from the policy: {prompt_id: [sample rows by index]}."""
@@ -148,7 +235,8 @@ class Build:
                      "finish_reason": c.finish_reason} for i, c in enumerate(result.completions)]
 
         self._run_requests("generate", cache, missing, (self.config.engine, self.config.policy), rows_for)
-        return {pid: [cache.get(k) for k in ks] for pid, ks in keys.items() if all(k in cache for k in ks)}
+        present = {pid: [cache.get(k) for k in ks if k in cache] for pid, ks in keys.items()}
+        return {pid: rows for pid, rows in present.items() if rows}
 
     def scorer_id(self) -> str:
         engine_config, model_config = self.judge
@@ -180,34 +268,43 @@ class Build:
         advance = self.progress(stage, len(missing))
         if missing:
             scorer = self.scorer()
+            engine = getattr(scorer, "engine", None)
+            before = Counter(getattr(engine, "stats", Counter()))
+            failed_before, succeeded = len(self.failures.get(stage, [])), 0
             try:
                 for score in scorer.score(missing, advance):
-                    if score.score is None:
-                        self.failures.setdefault(stage, []).append(f"{score.key[:16]}: {score.detail}")
+                    if score.score is None:  # never cached: a re-run rates it again
+                        self.fail(stage, score.key, score.detail or "no score")
+                        continue
                     cache.add({"key": score.key, "score": score.score, "detail": score.detail})
                     self.computed[stage] += 1
+                    succeeded += 1
             finally:
                 cache.flush()
+                self._count_retries(stage, engine, before)
+                if getattr(scorer, "reasks", 0):
+                    self.retries.setdefault(stage, Counter())["reask:unparseable"] += scorer.reasks
+            self._check_stage(stage, succeeded, failed_before)
         return {item_key: (cache.get(key) or {}).get("score") for item_key, key in content.items()}
 
     def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
         """Revisions of drafts 0..drafts_per_prompt-1: {prompt_id: {draft index: revision row}}."""
         params = self.revision_params()
         identity = self.identity(*self.reviser)
-        drafts = {}
+        drafts = {}  # key -> (prompt, position of the draft among the prompt's samples, the draft sample)
         for prompt in prompts.prompts:
             for index, draft in enumerate(samples.get(prompt.prompt_id, [])[:self.config.revision.drafts_per_prompt]):
                 key = content_key("revise", identity, self.revision_template.sha256, params.as_dict(),
                                   prompt.prompt_id, draft["text"])
-                drafts[key] = (prompt, index, draft["text"])
+                drafts[key] = (prompt, index, draft)
         cache = StageCache(self.run_dir / "revise", SAMPLES)
-        missing = [GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, text), params)
-                   for key, (prompt, _, text) in drafts.items() if key not in cache]
+        missing = [GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, draft["text"]),
+                                     params) for key, (prompt, _, draft) in drafts.items() if key not in cache]
 
-        def rows_for(result):
-            prompt, index, _ = drafts[result.request_id]
+        def rows_for(result):  # "index": the sample index of the draft it revises
+            prompt, _, draft = drafts[result.request_id]
             c = result.completions[0]
-            return [{"key": result.request_id, "prompt_id": prompt.prompt_id, "index": index, "text": c.text,
+            return [{"key": result.request_id, "prompt_id": prompt.prompt_id, "index": draft["index"], "text": c.text,
                      "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                      "finish_reason": c.finish_reason}]
 
@@ -220,11 +317,32 @@ class Build:
 
     # ---- the whole run ---------------------------------------------------------------------------------------
     def run(self, until: str = "pairs") -> BuildResult:
-        """Run the stages up to and including ``until`` (one of STAGES)."""
-        prompts = self.load_prompts()
+        """Run the stages up to and including ``until`` (one of STAGES), holding the run folder."""
+        prompts = self.load_prompts()  # bad input is refused before the run folder is touched
+        self._check_models(until)
+        with self.holding_run():
+            return self._run(prompts, until)
+
+    def _check_models(self, until: str) -> None:
+        """Resolve every model and check every engine the stages up to ``until`` need, before anything is written."""
+        roles = [(self.config.engine, self.config.policy)]
+        if STAGES.index(until) >= 1:
+            roles.append(self.judge)
+        if STAGES.index(until) >= 2 and set(self.config.pairs.types) & {"revision", "revision_direct",
+                                                                          "reviser_train"}:
+            roles.append(self.reviser)
+        for engine, model in roles:
+            if engine.kind == "openai" and not engine.base_urls:
+                raise InputError(NO_BASE_URLS)
+            self.identity(engine, model)
+        if STAGES.index(until) >= 1:
+            self.scorer_id()
+
+    def _run(self, prompts: PromptSet, until: str) -> BuildResult:
         samples = self.generate(prompts)
         by_id = {p.prompt_id: p for p in prompts.prompts}
-        result = BuildResult(prompts, [], failures=self.failures)
+        result = BuildResult(prompts, [], failures=self.failures,
+                             retries=self.retries)
         sample_scores: dict[str, float | None] = {}
         reference_scores: dict[str, float | None] = {}
         if STAGES.index(until) >= 1:
@@ -243,7 +361,7 @@ class Build:
             result.results.append(PromptResults(
                 pid, by_id[pid].messages,
                 [Response(s["text"], sample_scores.get(s["key"]), f"sample:{s['index']}") for s in rows],
-                {i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{i}")
+                {i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{r['index']}")
                  for i, r in revisions.get(pid, {}).items()},
                 Response(by_id[pid].reference, reference_scores.get(pid), "reference") if by_id[pid].reference
                 else None))
@@ -273,14 +391,15 @@ class Build:
             "sample_tokens": sum(s["completion_tokens"] for s in flat),
             "truncated_samples": sum(s["finish_reason"] == "length" for s in flat),
             "sample_scores": describe(sample_scores.values()), "revision_scores": describe(revision_scores.values()),
-            "failures": {stage: len(ids) for stage, ids in self.failures.items()},
+            "failures": {stage: failure_summary(items) for stage, items in self.failures.items()},
+            "retries": {stage: dict(sorted(counts.items())) for stage, counts in self.retries.items()},
         }
 
     def commit(self, result: BuildResult) -> Version:
         """Write the pairs as a new version of ``config.dataset`` with the full provenance."""
         if not result.rows:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())) or "no candidates"
-            raise RealignError(f"no pairs survived the pair rules ({reasons}); try more samples "
+            raise InputError(f"no pairs survived the pair rules ({reasons}); try more samples "
                                "(generation.num_samples), a higher temperature, or pairs.min_margin=0")
         models = {"policy": {"spec": self.config.policy.spec,
                              "identity": self.identity(self.config.engine, self.config.policy)},

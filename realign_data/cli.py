@@ -21,21 +21,26 @@ from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load
 
 if TYPE_CHECKING:
     from realign_data.build import BuildResult
-from realign_data.errors import RealignError, main_with_errors
+from realign_data.errors import InputError, main_with_errors
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.prompts import length_stats, load_prompts
-from realign_data.store import Store
+from realign_data.store import Store, json_safe
 
 app = typer.Typer(
     help="Build, inspect and query versioned ReAlign preference-pair datasets.\n\n"
          "Datasets live in a store (--store or $REALIGN_STORE, default ./realign-store) as immutable NAME@vN "
-         "versions, catalogued in DuckDB.",
+         "versions, catalogued in DuckDB.\n\n"
+         "Exit codes: 0 done, 2 bad input (nothing written), 1 the environment failed (disk, network, server). "
+         "Add --debug to any command (or set REALIGN_DEBUG=1) for the full traceback of an error.",
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the effective configuration of a manifest.", no_args_is_help=True)
 models_app = typer.Typer(help="Resolve and inspect model specs (Hub ids, directories, .gguf files, aliases).",
                          no_args_is_help=True)
 recipe_app = typer.Typer(help="Run the whole ReAlign loop from one recipe manifest.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The DuckDB catalog (catalog.duckdb): rebuilt from the version manifests.",
+                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(recipe_app, name="recipe")
 console = Console()
@@ -60,12 +65,17 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a f
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
+def print_json(data: Any) -> None:
+    """JSON that every parser reads: NaN and infinities become null."""
+    print(json.dumps(json_safe(data), indent=2, default=str, ensure_ascii=False, allow_nan=False))
+
+
 def emit(columns: list[str], rows: list[Any], fmt: Format, title: str | None = None) -> None:
-    """Print rows as a rich table, CSV or JSON records."""
+    """Print rows as a rich table, CSV (``\\n`` line ends) or JSON records."""
     if fmt is Format.json:
-        print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=2, default=str))
+        print_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif fmt is Format.csv:
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
     else:
@@ -73,6 +83,24 @@ def emit(columns: list[str], rows: list[Any], fmt: Format, title: str | None = N
         for row in rows:
             table.add_row(*("" if value is None else str(value) for value in row))
         console.print(table)
+
+
+def open_store(root: Path | None) -> Store:
+    """The store at ``root``; what it skipped or repaired is told on stderr when the command ends."""
+    store = Store(root)
+    _opened.append(store)
+    return store
+
+
+_opened: list[Store] = []
+
+
+def _tell_store_notices() -> None:
+    for store in _opened:
+        for folder, reason in sorted(store.skipped.items()):
+            print(f"warning: skipped {store.root / folder}: {reason}", file=sys.stderr)
+        for note in store.notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 @config_app.command("show")
@@ -83,7 +111,12 @@ def config_show(manifest: ManifestOption = None, set_: SetOption = None,
     Example: realign-data config show -m manifests/smoke-cpu.yaml --set generation.temperature=0.7
     """
     config = config_to_dict(load_config(BuildConfig, manifest, set_))
-    print(json.dumps(config, indent=2) if fmt == "json" else yaml.safe_dump(config, sort_keys=False), end="")
+    if fmt == "json":
+        print_json(config)
+    elif fmt == "yaml":
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+    else:
+        raise InputError(f"--format {fmt!r}: use yaml or json")
 
 
 @models_app.command("show")
@@ -97,7 +130,7 @@ def models_show(spec: Annotated[str, typer.Argument(help="Hub id, local director
     info = {"spec": spec, "source": model.source, "path": str(model.path), "architecture": model.architecture,
             "parameters": params, "chat_template": model.has_chat_template, "fingerprint": model.fingerprint()}
     if fmt is Format.json:
-        print(json.dumps(info, indent=2))
+        print_json(info)
         return
     info["parameters"] = f"{params:,}" if params is not None else "unknown (.bin weights)"
     emit(["field", "value"], list(info.items()), fmt)
@@ -122,19 +155,18 @@ def prompts_preview(
     Bad input (invalid JSON line, missing column, empty value, bad bytes, wrong Parquet schema) stops with one \
 line naming the file, line or row and the field, and exit code 2.
     """
+    if max_tokens is not None and tokenizer is None:
+        raise InputError("--max-tokens needs --tokenizer SPEC (e.g. --tokenizer smollm2-135m-instruct)")
     config = PromptsConfig(source=source, column=prompt_column, limit=limit, seed=seed, min_chars=min_chars,
                            max_chars=max_chars, max_tokens=max_tokens, tokenizer=tokenizer)
-    if max_tokens is not None and tokenizer is None:
-        raise RealignError("--max-tokens needs --tokenizer SPEC (e.g. --tokenizer smollm2-135m-instruct)")
     tok = load_tokenizer(resolve_model(tokenizer)) if tokenizer else None
     prompt_set = load_prompts(config, tok)
     stats = {"chars": length_stats([p.num_chars for p in prompt_set.prompts])}
     if prompt_set.token_lengths is not None:
         stats["tokens"] = length_stats(prompt_set.token_lengths)
     if fmt is Format.json:
-        print(json.dumps({**prompt_set.provenance(), "lengths": stats,
-                          "preview": [{"prompt_id": p.prompt_id, "messages": p.messages}
-                                      for p in prompt_set.prompts[:show]]}, indent=2, ensure_ascii=False))
+        print_json({**prompt_set.provenance(), "lengths": stats,
+                    "preview": [{"prompt_id": p.prompt_id, "messages": p.messages} for p in prompt_set.prompts[:show]]})
         return
     emit(["count", "value"], list(prompt_set.counts.items()), fmt,
          title=f"{source} (column '{prompt_set.column}')")
@@ -147,30 +179,35 @@ line naming the file, line or row and the field, and exit code 2.
 @app.command("list")
 def list_versions(store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
     """List every dataset version in the store."""
+    target = open_store(store)
     rows = [[v.ref, v.manifest["created_at"], v.manifest["num_rows"],
              ", ".join(f"{k}={n}" for k, n in v.manifest["rows_by_pair_type"].items())]
-            for v in Store(store).versions()]
-    emit(["version", "created_at", "rows", "pair_types"], rows, fmt, title=str(Store(store).root))
+            for v in target.versions()]
+    emit(["version", "created_at", "rows", "pair_types"], rows, fmt, title=str(target.root))
 
 
 @app.command("show")
 def show(ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its latest version.")],
          store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
     """Describe a version: rows by pair_type, score and margin quantiles, response lengths, models."""
-    summary = Store(store).summary(ref)
+    summary = open_store(store).summary(ref)
     if fmt is Format.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print_json(summary)
+        return
+    columns = ["pair type", "rows", "prompts", "margin min / med / max", "score c / r", "chars c / r"]
+    rows = [[t["pair_type"], t["rows"], t["prompts"], _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
+             _slashed([t["chosen_score_q"][1], t["rejected_score_q"][1]]),
+             f"{t['chosen_chars_mean']:.0f} / {t['rejected_chars_mean']:.0f}"] for t in summary["by_pair_type"]]
+    models = [[role, m.get("identity") or m.get("id") or m.get("spec")] for role, m in summary["models"].items()]
+    if fmt is Format.csv:
+        emit(columns, rows, fmt)
         return
     console.print(f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
                   f"{summary['bytes']:,} bytes, created {summary['created_at']}")
-    emit(["pair_type", "rows", "prompts", "margin min/med/max", "chosen score (median)",
-          "rejected score (median)", "chosen chars (mean)", "rejected chars (mean)"],
-         [[t["pair_type"], t["rows"], t["prompts"], _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
-           f"{t['chosen_score_q'][1]:.3g}", f"{t['rejected_score_q'][1]:.3g}", f"{t['chosen_chars_mean']:.0f}",
-           f"{t['rejected_chars_mean']:.0f}"] for t in summary["by_pair_type"]], fmt)
-    if summary["models"]:
-        emit(["role", "model"], [[role, m.get("identity") or m.get("id") or m.get("spec")]
-                                 for role, m in summary["models"].items()], fmt)
+    emit(columns, rows, fmt)
+    console.print("score c / r: median chosen / rejected score;  chars c / r: mean chosen / rejected length")
+    if models:
+        emit(["role", "model"], models, fmt)
 
 
 def _slashed(values: list[float]) -> str:
@@ -184,14 +221,17 @@ def query(sql: Annotated[str, typer.Argument(help="Read-only SQL over the views 
 
     Example: realign-data query "SELECT dataset, version, pair_type, count(*) FROM pairs GROUP BY ALL"
     """
-    columns, rows = Store(store).query(sql)
+    columns, rows = open_store(store).query(sql)
     emit(columns, rows, fmt)
 
 
 @app.command("verify")
 def verify(ref: Annotated[str, typer.Argument(help="NAME@vN")], store: StoreOption = None) -> None:
-    """Re-hash every file of a version against its manifest; any change is reported and exits 1."""
-    target = Store(store)
+    """Re-hash every file of a version against its manifest; any change is reported and exits 1.
+
+    A missing or damaged catalog is rebuilt from the version manifests first, and that is said.
+    """
+    target = open_store(store)
     problems = target.verify(ref)
     version = target.resolve(ref)
     if problems:
@@ -201,13 +241,25 @@ def verify(ref: Annotated[str, typer.Argument(help="NAME@vN")], store: StoreOpti
     console.print(f"{version.ref}: OK, {len(version.manifest['files'])} file(s) match their sha256")
 
 
+@catalog_app.command("rebuild")
+def catalog_rebuild(store: StoreOption = None) -> None:
+    """Rebuild catalog.duckdb from the version manifests (after a crash, a full disk or a damaged file).
+
+    The new catalog is written beside the old one, checked, and only then swapped in.
+    """
+    target = open_store(store)
+    before = target.rebuild_catalog()
+    console.print(f"{target.catalog_path}: rebuilt from {len(target.versions())} version manifest(s) "
+                  f"(it was {before})")
+
+
 @app.command("export")
 def export(ref: Annotated[str, typer.Argument(help="NAME@vN")],
            out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
            fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.jsonl,
            store: StoreOption = None) -> None:
     """Export a version as one JSONL file or as its Parquet shards plus manifest."""
-    written = Store(store).export(ref, fmt.value, out)
+    written = open_store(store).export(ref, fmt.value, out)
     console.print(f"wrote {written}")
 
 
@@ -247,7 +299,7 @@ def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fre
 
     _quiet_transformers()
     with stage_progress() as task:
-        build = Build(config, Store(store), run_id=run_id, fresh=fresh, progress=task)
+        build = Build(config, open_store(store), run_id=run_id, fresh=fresh, progress=task)
         result = build.run(until)
         if commit:
             build.commit(result)
@@ -275,8 +327,12 @@ def _print_summary(result: BuildResult, until: str) -> None:
         if result.dropped:
             table.add_row("dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())))
     for stage, failures in result.failures.items():
-        shown = "; ".join(failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
-        table.add_row(f"failed in {stage}", f"{len(failures)}: {shown}")
+        reasons = ", ".join(f"{reason}={n}" for reason, n in stats["failures"][stage].items())
+        shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:60]}" for f in failures[:3])
+        table.add_row(f"failed in {stage}", f"{len(failures)} ({reasons}), not cached: a rerun retries them; "
+                                            f"e.g. {shown}")
+    for stage, retries in stats["retries"].items():
+        table.add_row(f"retried in {stage}", ", ".join(f"{reason}={n}" for reason, n in retries.items()))
     if result.version is not None:
         table.add_row("version written", f"[bold green]{result.version.ref}[/] ({len(result.rows)} pairs)")
         table.add_row("look at it", f'realign-data query "SELECT pair_type, count(*), avg(margin) FROM pairs '
@@ -342,7 +398,7 @@ with its full provenance. The token comes from HF_TOKEN or `hf auth login` and i
     """
     from realign_data import hub
 
-    target = Store(store)
+    target = open_store(store)
     if dry_run is not None:
         folder = hub.build_hub_folder(target, ref, dry_run, repo_id, license_id)
         console.print(f"wrote {folder} (README.md, margins.png, data/<config>/train-*.parquet); nothing uploaded")
@@ -366,7 +422,7 @@ recorded in the version's manifest.
     """
     from realign_data import hub
 
-    version = hub.pull(Store(store), spec, name, config, split)
+    version = hub.pull(open_store(store), spec, name, config, split)
     hub_input = version.manifest["inputs"]["hub"]
     console.print(f"{hub_input['repo_id']}@{hub_input['commit']} -> {version.ref} "
                   f"({version.manifest['num_rows']} pairs: {version.manifest['rows_by_pair_type']})")
@@ -379,7 +435,7 @@ def diff(left: Annotated[str, typer.Argument(help="NAME@vN")], right: Annotated[
 shifts."""
     from realign_data.hub import diff_versions
 
-    result = diff_versions(Store(store), left, right)
+    result = diff_versions(open_store(store), left, right)
     if fmt is Format.json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -402,10 +458,13 @@ skipped.
     _quiet_transformers()
     recipe = load_config(RecipeConfig, manifest, set_)
     with stage_progress() as task:
-        steps = run_recipe(recipe, Store(store), task, resume)
+        steps = run_recipe(recipe, open_store(store), task, resume)
     emit(["step", "status", "result"], [[s["step"], s["status"], s["result"]] for s in steps], Format.table,
          title=f"recipe {manifest.name}")
 
 
 def main() -> None:
-    main_with_errors(app)
+    try:
+        main_with_errors(app)
+    finally:
+        _tell_store_notices()

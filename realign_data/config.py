@@ -2,19 +2,21 @@
 
 A manifest is a YAML mapping validated by a pydantic model. Precedence, lowest first: the model's defaults, the
 manifest file, dotted ``--set a.b=value`` overrides, then explicit CLI options. Unknown keys and wrong types are
-rejected with the dotted path of the field. Secrets never live in a manifest: fields such as ``api_key_env`` name
-the environment variable that holds them.
+rejected with the dotted path of the field, and so are NaN and infinite numbers. Secrets never live in a config:
+fields such as ``api_key_env`` name the environment variable that holds them, a value shaped like a key or token
+is refused with its field named, and credentials in URLs are left out of every stored copy of the config.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from realign_data.errors import InputError
+from realign_data.provenance import looks_like_secret, strip_url_credentials
 
 SECRET_KEYS = frozenset({"api_key", "token", "hf_token", "password", "secret", "openai_api_key", "access_token"})
 
@@ -22,7 +24,7 @@ SECRET_KEYS = frozenset({"api_key", "token", "hf_token", "password", "secret", "
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(StrictModel):
@@ -47,6 +49,10 @@ class PromptsConfig(StrictModel):
     tokenizer: str | None = Field(None, description="model spec whose tokenizer counts tokens; default: the policy")
     reference_column: str | None = Field(None, description="optional reference responses (text, or messages whose "
                                          "last assistant turn is used), e.g. UltraFeedback's chosen")
+
+
+NO_BASE_URLS = ("engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
+                "--set engine.base_urls=[http://127.0.0.1:8000/v1]")
 
 
 class EngineConfig(StrictModel):
@@ -98,13 +104,16 @@ class RevisionConfig(StrictModel):
     max_new_tokens: int | None = Field(None, ge=1, description="default: generation.max_new_tokens")
 
 
+PairTypeName = Literal["on_policy", "revision", "revision_direct", "reviser_train"]
+
+
 class PairsConfig(StrictModel):
     """Which pair types are built, the margin rule and the final mix."""
 
-    types: list[Literal["on_policy", "revision", "revision_direct", "reviser_train"]] = Field(
-        default_factory=lambda: ["on_policy", "revision", "reviser_train"])
+    types: list[PairTypeName] = Field(default_factory=lambda: ["on_policy", "revision", "reviser_train"])
     min_margin: float = 0.0
-    mix: dict[str, float] = Field(default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0")
+    mix: dict[PairTypeName, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0 (0 drops the type)")
     seed: int = 0
 
 
@@ -143,6 +152,10 @@ def read_manifest(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: manifest not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a manifest file (e.g. manifests/smoke-cpu.yaml)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
@@ -196,13 +209,20 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def _reject_secrets(data: Any, path: str, origin: str) -> None:
+    """Refuse secret-named keys and key-shaped values anywhere (URL credentials excepted: they are stripped)."""
+    hint = ("put the secret in an environment variable (e.g. HF_TOKEN, OPENAI_API_KEY) and name that variable in "
+            "an *_env field")
     if isinstance(data, dict):
         for key, value in data.items():
             dotted = f"{path}.{key}" if path else str(key)
             if str(key).lower() in SECRET_KEYS:
-                raise InputError(f"{origin}: {dotted}: secrets are not allowed in manifests; put the secret in an "
-                                 f"environment variable (e.g. HF_TOKEN, OPENAI_API_KEY) and name it in *_env fields")
+                raise InputError(f"{origin}: {dotted}: secrets are not allowed in configs; {hint}")
             _reject_secrets(value, dotted, origin)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            _reject_secrets(value, f"{path}[{index}]", origin)
+    elif isinstance(data, str) and looks_like_secret(strip_url_credentials(data)):
+        raise InputError(f"{origin}: {path}: the value looks like an API key or token; {hint}")
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -228,6 +248,15 @@ def load_config(model: type[Config], manifest: str | Path | None = None, sets: l
         raise InputError(f"{origin}: " + "; ".join(_describe(err) for err in exc.errors())) from None
 
 
+def _without_credentials(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _without_credentials(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_without_credentials(value) for value in data]
+    return strip_url_credentials(data) if isinstance(data, str) else data
+
+
 def config_to_dict(config: BaseModel) -> dict[str, Any]:
-    """The effective config as plain JSON-able data, as stored with every dataset, model and report."""
-    return config.model_dump(mode="json")
+    """The effective config as plain JSON-able data, as stored with every dataset, model and report (credentials
+    in URLs left out)."""
+    return _without_credentials(config.model_dump(mode="json"))

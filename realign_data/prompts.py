@@ -14,6 +14,7 @@ import json
 import random
 import re
 import statistics
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from realign_data.config import PromptsConfig
-from realign_data.errors import InputError, RealignError
+from realign_data.errors import InputError, RealignError, one_line
 
 BUILTIN = "builtin"
 DEFAULT_COLUMNS = ("prompt", "instruction", "messages", "question")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+ROLES = ("system", "user", "assistant")
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # the csv module's default (131,072 characters) is too small
 HUB_SOURCE = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<split>[\w.\[\]:%+-]+)$")
 
 Messages = list[dict[str, str]]
@@ -75,10 +78,21 @@ def prompt_id_for(messages: Messages) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
+def _text(value: str, where: str, column: str) -> str:
+    """Normalized text that can be written as UTF-8 (JSON escapes can smuggle in unpaired surrogates)."""
+    text = normalize(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where}: field '{column}' has an unpaired surrogate \\u{ord(text[exc.start]):04x} "
+                         "(a broken \\u escape?)") from None
+    return text
+
+
 def to_messages(value: Any, where: str, column: str) -> Messages:
     """Validate one raw cell (text or chat messages) into a normalized conversation ending with a user turn."""
     if isinstance(value, str):
-        text = normalize(value)
+        text = _text(value, where, column)
         if not text:
             raise InputError(f"{where}: field '{column}' is empty")
         return [{"role": "user", "content": text}]
@@ -88,7 +102,11 @@ def to_messages(value: Any, where: str, column: str) -> Messages:
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                     and isinstance(message.get("content"), str)):
                 raise InputError(f"{where}: field '{column}[{i}]' must be a {{role, content}} message with strings")
-            messages.append({"role": message["role"].strip().lower(), "content": normalize(message["content"])})
+            role = message["role"].strip().lower()
+            if role not in ROLES:
+                raise InputError(f"{where}: field '{column}[{i}]' has role {message['role']!r}; expected "
+                                 f"{', '.join(ROLES[:-1])} or {ROLES[-1]}")
+            messages.append({"role": role, "content": _text(message["content"], where, f"{column}[{i}]")})
         while messages and messages[-1]["role"] == "assistant":  # keep the conversation up to the last user turn
             messages.pop()
         if not messages or messages[-1]["role"] != "user":
@@ -131,6 +149,8 @@ def _read_jsonl(data: bytes, name: str, column: str | None) -> tuple[str, Iterat
             row = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{name}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{name}:{number}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
         rows.append((f"{name}:{number}", row))
@@ -151,6 +171,8 @@ def _read_json(data: bytes, name: str, column: str | None) -> tuple[str, Iterato
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"{name}: JSON nested too deeply") from None
     if isinstance(rows, dict) and len(rows) == 1 and isinstance(next(iter(rows.values())), list):
         rows = next(iter(rows.values()))  # {"data": [...]} style
     if not isinstance(rows, list):
@@ -165,16 +187,49 @@ def _read_json(data: bytes, name: str, column: str | None) -> tuple[str, Iterato
 
 
 def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(_decode(data, name), newline=""))
-    if not reader.fieldnames:
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = 1 + data.count(b"\n", 0, nul)
+        raise InputError(f"{name}:{line}: NUL byte in a CSV file (a binary or UTF-16 "
+                         "file? save it as UTF-8 CSV)")
+    text = _decode(data, name)
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        """(first line of the row, fields) of every non-blank row."""
+        while True:
+            start = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if "unexpected end of data" in str(exc):
+                    raise InputError(f"{name}:{start}: unterminated quoted field: the '\"' opened in the row on "
+                                     f"line {start} is never closed") from None
+                raise InputError(f"{name}:{reader.line_num}: malformed CSV ({exc})") from None
+            if fields:
+                yield start, fields
+
+    parsed = records()
+    header_line, header = next(parsed, (0, []))
+    if not header:
         raise InputError(f"{name}: empty file, no header row")
-    column = _pick_column(list(reader.fieldnames), column, name)
+    named = [h for h in header if h]
+    duplicates = sorted({h for h in named if named.count(h) > 1})
+    if duplicates:
+        raise InputError(f"{name}:{header_line}: the header names column '{duplicates[0]}' more than once")
+    column = _pick_column(list(header), column, name)
 
     def rows() -> Iterator[tuple[str, Any]]:
         count = 0
-        for row in reader:
+        for start, fields in parsed:
+            if len(fields) != len(header):
+                raise InputError(f"{name}:{start}: row has {len(fields)} fields but the header has {len(header)} "
+                                 "(quote fields that contain commas)")
             count += 1
-            yield f"{name}:{reader.line_num}", row
+            yield f"{name}:{start}", dict(zip(header, fields, strict=True))
         if count == 0:
             raise InputError(f"{name}: header only, no prompts")
 
@@ -189,7 +244,9 @@ def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{name}: not a readable Parquet file ({exc})") from None
+        if getattr(exc, "errno", None) is not None:
+            raise
+        raise InputError(f"{name}: not a readable Parquet file ({one_line(exc)[:300]})") from None
     schema = parquet.schema_arrow
     column = _pick_column(schema.names, column, name)
     kind = schema.field(column).type
@@ -207,8 +264,18 @@ def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
 
     def rows() -> Iterator[tuple[str, Any]]:
         index = 0
-        for batch in parquet.iter_batches(columns=list(dict.fromkeys([column, *extra])), batch_size=8192):
-            for record in batch.to_pylist():
+        batches = parquet.iter_batches(columns=list(dict.fromkeys([column, *extra])), batch_size=8192)
+        while True:
+            try:
+                batch = next(batches, None)
+                records = batch.to_pylist() if batch is not None else []
+            except (pa.ArrowException, OSError) as exc:
+                if getattr(exc, "errno", None) is not None:
+                    raise
+                raise InputError(f"{name}: row {index}: corrupt Parquet data ({one_line(exc)[:300]})") from None
+            if batch is None:
+                return
+            for record in records:
                 yield f"{name}: row {index}", record
                 index += 1
 
@@ -216,13 +283,23 @@ def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
 
 
 def _read_hub(source: str, column: str | None, extra: list[str]) -> tuple[str, Iterator[tuple[str, Any]], str]:
-    import datasets
+    try:
+        import datasets
+        from datasets.exceptions import DatasetNotFoundError
+    except ImportError:
+        raise RealignError(f"{source}: reading a Hub dataset needs the datasets package; run "
+                           "`pip install datasets`, or pass a .jsonl/.json/.parquet/.csv file") from None
 
     match = HUB_SOURCE.match(source)
     try:
         dataset = datasets.load_dataset(match["id"], split=match["split"])
-    except (ConnectionError, OSError, FileNotFoundError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except DatasetNotFoundError:
+        raise InputError(f"{source}: no such dataset on the Hugging Face Hub (or it is gated or private and "
+                         "HF_TOKEN is unset)") from None
+    except ValueError as exc:  # an unknown split, a bad split expression, a dataset that needs a config name
+        raise InputError(f"{source}: {one_line(exc)[:300]}") from None
+    except Exception as exc:  # noqa: BLE001 - network, server, cache: the environment, exit 1, in one line
+        reason = one_line(exc)[:300] or type(exc).__name__
         raise RealignError(f"{source}: cannot load the dataset from the Hugging Face Hub ({reason}); save it to a "
                            ".jsonl/.parquet file where the Hub is reachable and pass that file") from None
     column = _pick_column(list(dataset.column_names), column, source)
@@ -242,7 +319,7 @@ def reference_text(value: Any, where: str, column: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InputError(f"{where}: field '{column}' must be text or chat messages, got {type(value).__name__}")
-    return normalize(value) or None
+    return _text(value, where, column) or None
 
 
 def read_source(source: str, column: str | None = None, reference_column: str | None = None) \
@@ -253,6 +330,8 @@ def read_source(source: str, column: str | None = None, reference_column: str | 
         data = resources.files("realign_data").joinpath("data/builtin_prompts.jsonl").read_bytes()
         column, rows = _read_jsonl(data, BUILTIN, column)
         fingerprint = f"builtin:sha256:{hashlib.sha256(data).hexdigest()}"
+    elif Path(source).expanduser().is_dir():
+        raise InputError(f"{source}: is a directory; pass a {', '.join(FILE_SUFFIXES)} file")
     elif Path(source).expanduser().is_file():
         path = Path(source).expanduser()
         suffix = path.suffix.lower()

@@ -15,17 +15,30 @@ from realign_data import __version__
 
 PACKAGES = ("torch", "transformers", "trl", "datasets", "huggingface-hub", "pyarrow", "duckdb", "peft",
             "accelerate", "vllm", "alpaca-eval", "openai")
-SECRET_PATTERN = re.compile(r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_-]{8,}|((?:token|api[_-]?key)=)[^\s&]+)",
-                            re.IGNORECASE)
+# Hugging Face tokens (hf_ + 34 characters), OpenAI-style keys (sk-..., sk-proj-...), and key=value pairs in URLs or
+# command lines; the look-behind keeps words such as "task-classification" out.
+SECRET_PATTERN = re.compile(r"((?<![A-Za-z0-9])hf_[A-Za-z0-9]{20,}|(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}"
+                            r"|((?:token|api[_-]?key)=)[^\s&]+)", re.IGNORECASE)
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def strip_url_credentials(text: str) -> str:
+    """``http://user:key@host/v1`` -> ``http://host/v1``: credentials in URLs are never recorded."""
+    return URL_CREDENTIALS.sub(lambda m: m["scheme"], text)
+
+
+def looks_like_secret(text: str) -> bool:
+    """A value shaped like an API key or token (``sk-...``, ``hf_...``, ``token=...``)."""
+    return bool(SECRET_PATTERN.search(text))
+
+
 def redact(text: str) -> str:
-    """Replace anything that looks like a token or API key with ``***``."""
-    return SECRET_PATTERN.sub(lambda m: (m.group(2) or "") + "***", text)
+    """Strip URL credentials and replace anything that looks like a token or API key with ``***``."""
+    return SECRET_PATTERN.sub(lambda m: (m.group(2) or "") + "***", strip_url_credentials(text))
 
 
 def git_state() -> dict[str, Any]:

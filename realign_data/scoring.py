@@ -147,7 +147,7 @@ class TextJudge:
         self.scorer_id = scorer_id
         self.max_attempts = max_attempts
         self.seed = seed
-        self.unparseable = 0
+        self.reasks = 0  # answers without a rating that were asked again
 
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
         remaining = {item.key: item for item in items}
@@ -164,8 +164,9 @@ class TextJudge:
                     if progress:
                         progress(1)
                     yield Score(result.request_id, float(rating), text[:200])
-                elif attempt == self.max_attempts - 1:
-                    self.unparseable += 1
+                elif attempt < self.max_attempts - 1:
+                    self.reasks += 1
+                else:
                     if progress:
                         progress(1)
                     yield Score(result.request_id, None, result.error or f"unparseable: {text[:200]!r}")

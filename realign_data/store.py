@@ -10,16 +10,22 @@ Layout under the root (``--store`` / ``$REALIGN_STORE``, default ``./realign-sto
 
 A version becomes visible by one atomic rename of a fully written, fsynced staging directory, so a writer killed
 at any moment leaves nothing partial. Version numbers are assigned under a file lock; the filesystem is the source
-of truth and the catalog is brought up to date from it whenever they disagree.
+of truth: the catalog is rebuilt from the version manifests into a new file, checked, and only then swapped in, so
+a failed rebuild (a full disk) leaves the previous catalog in place. A missing or damaged catalog is rebuilt from
+the manifests. Folders that are not valid versions are reported and skipped, never fatal.
+
+Staging names carry the writer's host and pid; leftovers are removed only for writers of this host that are gone,
+so a store shared between machines never loses another host's write in progress.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
-import time
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -33,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
-from realign_data.errors import InputError, RealignError
+from realign_data.errors import InputError, IntegrityError, RealignError, describe_os_error
 from realign_data.models import sha256_file
 from realign_data.provenance import code_provenance, utc_now
 from realign_data.schema import PAIR_SCHEMA, conform
@@ -42,7 +48,9 @@ FORMAT = "realign.pairs/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REF_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*?)(@v(?P<version>[0-9]+))?$")
 SHARD_ROWS = 500_000
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+MANIFEST_KEYS = ("format", "dataset", "version", "created_at", "num_rows", "rows_by_pair_type", "files", "config",
+                 "inputs", "models", "code")
+HOST = socket.gethostname()
 
 
 def default_root() -> Path:
@@ -67,15 +75,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` as plain JSON values that any parser reads: numpy scalars unwrapped, NaN and infinities as None."""
+    if hasattr(data, "item") and getattr(data, "ndim", None) == 0:  # a numpy scalar
+        data = data.item()
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file, fsynced, renamed over ``path``."""
+    """Write JSON atomically (a temporary file, fsynced, renamed over ``path``); non-finite floats become null."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(json_safe(data), handle, indent=2, ensure_ascii=False, default=str, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def staging_name(prefix: str) -> str:
+    """``prefix~host~pid~random``: whose staging file or folder this is, for the clean-up of dead writers."""
+    return f"{prefix}~{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+
+
+def abandoned(entry: Path) -> bool:
+    """A staging entry of a writer on this host whose process is gone (other hosts' entries are never touched)."""
+    parts = entry.name.split("~")
+    return len(parts) == 4 and parts[1] == HOST and parts[2].isdigit() and not _pid_alive(int(parts[2]))
 
 
 @dataclass(frozen=True)
@@ -94,17 +129,81 @@ class Version:
 
     @property
     def files(self) -> list[Path]:
-        return [self.path / entry["path"] for entry in self.manifest["files"]]
+        """The data files, each checked against the size its manifest records (full hashes: ``verify``)."""
+        files = []
+        for entry in self.manifest["files"]:
+            path = self.path / entry["path"]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise IntegrityError(f"{path}: missing (listed in the manifest of {self.ref}); run "
+                                     f"`realign-data verify {self.ref}`") from None
+            if size != entry["bytes"]:
+                raise IntegrityError(f"{path}: {size} bytes, its manifest records {entry['bytes']}: the file is "
+                                     f"damaged; run `realign-data verify {self.ref}`")
+            files.append(path)
+        return files
 
-    @property
-    def data_glob(self) -> str:
-        return str(self.path / "data" / "*.parquet")
+    def view(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
+        """Create view ``name`` over this version's (checked) data files on ``con``."""
+        files = [str(f) for f in self.files]
+        try:
+            con.read_parquet(files).create_view(name)
+        except duckdb.Error as exc:
+            raise self.unreadable(exc) from None
+
+    def check_footers(self) -> None:
+        """Read every data file's Parquet footer: a damaged file raises the IntegrityError naming it."""
+        for path in self.files:
+            try:
+                pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as exc:
+                raise IntegrityError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); run "
+                                     f"`realign-data verify {self.ref}`") from None
+
+    def unreadable(self, exc: Exception) -> IntegrityError:
+        """The error for data files that pass the size check but cannot be read."""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return IntegrityError(f"{self.path}: a data file of {self.ref} cannot be read ({reason}); run "
+                              f"`realign-data verify {self.ref}`")
 
 
-def check_name(name: str, hint: str = "") -> None:
-    """Refuse a dataset name that cannot be a store folder; ``hint`` says how to choose another."""
-    if not NAME_PATTERN.match(name):
-        raise InputError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'{hint}")
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
+    if rows:
+        con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def create_version_tables(con: duckdb.DuckDBPyConnection, versions: list[Version], recorded: dict[str, str],
+                          publications: list[dict[str, Any]]) -> None:
+    """Tables ``catalog_versions``, ``publications`` and ``empty_pairs`` and view ``versions`` on ``con``:
+    the same definitions in the catalog file and in the query sandbox."""
+    con.execute("""CREATE TABLE catalog_versions (
+        dataset VARCHAR, version INTEGER, ref VARCHAR, path VARCHAR, created_at TIMESTAMPTZ,
+        num_rows BIGINT, rows_by_pair_type JSON, num_files INTEGER, bytes BIGINT, manifest_sha256 VARCHAR,
+        realign_version VARCHAR, git_sha VARCHAR, config JSON, models JSON, inputs JSON)""")
+    _insert(con, "catalog_versions", [
+        [v.name, v.version, v.ref, str(v.path), m["created_at"], m["num_rows"], json.dumps(m["rows_by_pair_type"]),
+         len(m["files"]), sum(f["bytes"] for f in m["files"]),
+         recorded.get(v.ref) or sha256_file(v.path / "manifest.json"), m["code"].get("realign_version"),
+         m["code"].get("git_sha"), json.dumps(m["config"]), json.dumps(m["models"]), json.dumps(m["inputs"])]
+        for v in versions for m in [v.manifest]])
+    con.execute("""CREATE VIEW versions AS
+        SELECT dataset, version, ref, created_at, num_rows, rows_by_pair_type, num_files, bytes,
+               realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
+    con.execute("CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
+                "published_at TIMESTAMPTZ, private BOOLEAN)")
+    _insert(con, "publications", [
+        [r.get("ref"), r.get("repo_id"), r.get("hub_commit"), r.get("published_at"), r.get("private")]
+        for r in publications])
+    empty = PAIR_SCHEMA.empty_table()  # noqa: F841 (read by name below)
+    con.execute("CREATE TABLE empty_pairs AS SELECT * FROM empty")
+
+
+def check_name(name: str, hint: str = "", what: str = "dataset name") -> None:
+    """Refuse a name that cannot be one plain store folder (no path, no '..'); ``hint`` says how to choose another."""
+    if not NAME_PATTERN.match(name) or name.strip(".") == "":
+        raise InputError(f"{what} {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or "
+                         f"digit{hint}")
 
 
 class Store:
@@ -115,18 +214,59 @@ class Store:
         self.root = self.root.expanduser().absolute()
         self.catalog_path = self.root / "catalog.duckdb"
         self._lock = FileLock(str(self.root / ".lock"))
+        self.skipped: dict[str, str] = {}  # folder (relative to the root) -> why it is not a valid version
+        self.notes: list[str] = []  # what a command should tell its user (e.g. a catalog rebuilt from manifests)
 
     # ---- reading -------------------------------------------------------------------------------------------
     def versions(self, name: str | None = None) -> list[Version]:
-        """Every visible version (optionally of one dataset), oldest first."""
+        """Every valid version (optionally of one dataset), oldest first; others are recorded in ``skipped``."""
         base = self.root / "datasets"
-        names = [name] if name else sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+        try:
+            names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        except OSError as exc:
+            raise RealignError(f"cannot list {base}: {describe_os_error(exc)}") from None
         found = []
         for dataset in names:
-            for entry in (base / dataset).glob("v*"):
-                if entry.name[1:].isdigit() and (entry / "manifest.json").is_file():
-                    found.append(Version(dataset, int(entry.name[1:]), entry))
+            folder = base / dataset
+            entries = sorted(folder.iterdir()) if folder.is_dir() else []
+            for entry in entries:
+                version = self._valid_version(dataset, entry)
+                if version is not None:
+                    found.append(version)
         return sorted(found, key=lambda v: (v.name, v.version))
+
+    def _valid_version(self, dataset: str, entry: Path) -> Version | None:
+        """The version at ``entry``, or None (recorded in ``skipped`` with the reason) when it is not one."""
+        where = str(entry.relative_to(self.root))
+        if not (entry.is_dir() and entry.name.startswith("v") and entry.name[1:].isdigit()):
+            self.skipped[where] = "not a version folder (vN)"
+            return None
+        try:
+            manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.skipped[where] = "no manifest.json"
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.skipped[where] = f"manifest.json unreadable ({str(exc).splitlines()[0]})"
+            return None
+        missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else ["all"]
+        if missing:
+            self.skipped[where] = f"manifest.json lacks {', '.join(missing)}"
+            return None
+        if (manifest["dataset"], manifest["version"]) != (dataset, int(entry.name[1:])):
+            self.skipped[where] = (f"manifest.json describes {manifest['dataset']}@v{manifest['version']}, "
+                                   "not this folder")
+            return None
+        version = Version(dataset, int(entry.name[1:]), entry)
+        version.__dict__["manifest"] = manifest  # read once
+        return version
+
+    def _next_version(self, name: str) -> int:
+        """One more than any vN folder of ``name``, valid or not, so that a broken folder is never overwritten."""
+        folder = self.root / "datasets" / name
+        numbers = [int(e.name[1:]) for e in folder.iterdir() if e.name[:1] == "v" and e.name[1:].isdigit()] \
+            if folder.is_dir() else []
+        return max(numbers, default=0) + 1
 
     def resolve(self, ref: str) -> Version:
         """``NAME@vN`` or ``NAME`` (its latest version)."""
@@ -136,14 +276,14 @@ class Store:
         versions = self.versions(match["name"])
         if not versions:
             known = sorted({v.name for v in self.versions()})
-            raise RealignError(f"no dataset {match['name']!r} in {self.root}"
+            raise InputError(f"no dataset {match['name']!r} in {self.root}"
                                + (f" (datasets: {', '.join(known)})" if known else " (the store is empty)"))
         if match["version"] is None:
             return versions[-1]
         for candidate in versions:
             if candidate.version == int(match["version"]):
                 return candidate
-        raise RealignError(f"no version {ref} in {self.root} (versions: "
+        raise InputError(f"no version {ref} in {self.root} (versions: "
                            f"{', '.join(v.ref for v in versions)})")
 
     # ---- writing -------------------------------------------------------------------------------------------
@@ -154,7 +294,7 @@ class Store:
         """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``;
         ``source`` names where the rows came from in error messages."""
         check_name(name)
-        staging = self.root / "tmp" / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        staging = self.root / "tmp" / staging_name(name)
         (staging / "data").mkdir(parents=True)
         try:
             files, counts = self._write_shards(staging, batches, shard_rows, source)
@@ -166,7 +306,7 @@ class Store:
             }
             with self._lock:
                 self._remove_abandoned_staging()
-                version = max((v.version for v in self.versions(name)), default=0) + 1
+                version = self._next_version(name)
                 manifest["version"] = version
                 write_json(staging / "manifest.json", manifest)
                 _fsync(staging)
@@ -174,11 +314,20 @@ class Store:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, target)
                 _fsync(target.parent)
-                self._sync_catalog()
+                self._sync_catalog_after_write(f"{name}@v{version}")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return Version(name, version, target)
+
+    def _sync_catalog_after_write(self, what: str) -> None:
+        """Rebuild the catalog once ``what`` is safely on disk; a failure says that ``what`` is kept."""
+        try:
+            self._sync_catalog()
+        except (OSError, RealignError) as exc:
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            raise RealignError(f"{what} is written and safe, but the catalog could not be rebuilt ({reason}); the "
+                               "previous catalog is kept; run `realign-data catalog rebuild` once fixed") from None
 
     def _write_shards(self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch],
                       shard_rows: int, source: str) -> tuple[list[dict[str, Any]], Counter]:
@@ -223,31 +372,48 @@ class Store:
         return files, counts
 
     def _remove_abandoned_staging(self) -> None:
-        """Delete staging directories of writers that died (their pid is gone); called under the lock."""
-        for entry in (self.root / "tmp").glob("*.*.*"):
-            pid = entry.name.removesuffix(".duckdb").split(".")[-2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+        """Delete staging entries (folders, catalogs and their .wal files) of dead writers; called under the lock."""
+        for entry in (self.root / "tmp").glob("*~*"):
+            if abandoned(entry):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
 
     # ---- catalog -------------------------------------------------------------------------------------------
-    def _catalog_is_current(self, versions: list[Version]) -> bool:
+    def catalog_state(self, versions: list[Version]) -> str:
+        """``current``, ``stale``, ``missing``, or ``damaged (reason)``: the catalog against the manifests."""
         if not self.catalog_path.exists():
-            return False
+            return "missing"
         try:
             with self._connect_read_only() as con:
                 rows = con.execute("SELECT ref, path FROM catalog_versions ORDER BY ref").fetchall()
-        except duckdb.Error:
-            return False
-        return rows == sorted((v.ref, str(v.path)) for v in versions)
+        except duckdb.Error as exc:
+            return f"damaged ({str(exc).splitlines()[0]})"
+        return "current" if rows == sorted((v.ref, str(v.path)) for v in versions) else "stale"
+
+    def rebuild_catalog(self) -> str:
+        """Rebuild the catalog from the manifests (checked, then swapped in); returns its state before."""
+        state = self.catalog_state(self.versions())
+        with self._lock:
+            self._sync_catalog()
+        return state
+
+    def ensure_catalog(self) -> str | None:
+        """Bring the catalog up to date with the manifests; returns a note when it was missing or damaged."""
+        if self.catalog_state(self.versions()) == "current":
+            return None
+        state = self.rebuild_catalog()
+        if state in ("current", "stale"):
+            return None
+        return (f"catalog.duckdb was {state}; rebuilt from the manifests of {len(self.versions())} version(s) "
+                "(edits to a manifest made before this rebuild can no longer be detected)")
 
     def _sync_catalog(self) -> None:
-        """Rebuild the catalog from the version manifests into a new file, then swap it in atomically.
+        """Rebuild the catalog from the version manifests into a new file, check it, then swap it in atomically.
 
         Called under the lock. A manifest's sha256 recorded by an earlier catalog is kept, so that `verify`
-        still notices a manifest edited after its version was written.
+        still notices a manifest edited after its version was written. Any failure leaves the previous catalog.
         """
         versions = self.versions()
         recorded: dict[str, str] = {}
@@ -257,39 +423,40 @@ class Store:
                     recorded = dict(con.execute("SELECT ref, manifest_sha256 FROM catalog_versions").fetchall())
             except duckdb.Error:
                 recorded = {}
-        staging = self.root / "tmp" / f"catalog.{os.getpid()}.{uuid.uuid4().hex[:8]}.duckdb"
+        staging = self.root / "tmp" / (staging_name("catalog") + ".duckdb")
         staging.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with duckdb.connect(str(staging)) as con:
-                self._build_catalog(con, versions, recorded)
+            try:
+                with duckdb.connect(str(staging)) as con:
+                    self._build_catalog(con, versions, recorded)
+                    con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                raise RealignError(f"the catalog could not be rebuilt ({str(exc).splitlines()[0]}); the "
+                                   "previous catalog is kept") from exc
+            self._check_catalog(staging, versions)
             _fsync(staging)
             os.replace(staging, self.catalog_path)
             _fsync(self.root)
         finally:
             staging.unlink(missing_ok=True)
+            staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
+
+    @staticmethod
+    def _check_catalog(path: Path, versions: list[Version]) -> None:
+        """Refuse a catalog file that does not list exactly ``versions`` or whose views do not resolve."""
+        try:
+            with duckdb.connect(str(path), read_only=True) as con:
+                refs = [r for (r,) in con.execute("SELECT ref FROM catalog_versions ORDER BY ref").fetchall()]
+                con.execute("SELECT * FROM pairs LIMIT 0").fetchall()
+                con.execute("SELECT * FROM versions LIMIT 0").fetchall()
+        except duckdb.Error as exc:
+            raise RealignError(f"the new catalog did not verify ({str(exc).splitlines()[0]})") from None
+        if refs != sorted(v.ref for v in versions):
+            raise RealignError(f"the new catalog lists {len(refs)} version(s) instead of {len(versions)}")
 
     def _build_catalog(self, con: duckdb.DuckDBPyConnection, versions: list[Version],
                        recorded: dict[str, str]) -> None:
-        con.execute("""CREATE TABLE catalog_versions (
-            dataset VARCHAR, version INTEGER, ref VARCHAR, path VARCHAR, created_at TIMESTAMPTZ,
-            num_rows BIGINT, rows_by_pair_type JSON, num_files INTEGER, bytes BIGINT, manifest_sha256 VARCHAR,
-            realign_version VARCHAR, git_sha VARCHAR, config JSON, models JSON, inputs JSON)""")
-        for v in versions:
-            m = v.manifest
-            manifest_sha = recorded.get(v.ref) or sha256_file(v.path / "manifest.json")
-            con.execute("INSERT INTO catalog_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                v.name, v.version, v.ref, str(v.path), m["created_at"], m["num_rows"],
-                json.dumps(m["rows_by_pair_type"]), len(m["files"]), sum(f["bytes"] for f in m["files"]),
-                manifest_sha, m["code"]["realign_version"], m["code"]["git_sha"], json.dumps(m["config"]),
-                json.dumps(m["models"]), json.dumps(m["inputs"])])
-        con.execute("""CREATE VIEW versions AS
-            SELECT dataset, version, ref, created_at, num_rows, rows_by_pair_type, num_files, bytes,
-                   realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
-        con.execute("CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
-                    "published_at TIMESTAMPTZ, private BOOLEAN)")
-        for record in self.publications():
-            con.execute("INSERT INTO publications VALUES (?, ?, ?, ?, ?)", [
-                record["ref"], record["repo_id"], record["hub_commit"], record["published_at"], record["private"]])
+        create_version_tables(con, versions, recorded, self.publications())
         files = [str(f) for v in versions for f in v.files]
         if files:
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
@@ -298,16 +465,24 @@ class Store:
                        CAST(regexp_extract(filename, '/datasets/[^/]+/v([0-9]+)/data/', 1) AS INTEGER) AS version,
                        * EXCLUDE (filename)
                 FROM read_parquet([{listing}], filename = true)""")
-        else:
-            empty = self.root / "catalog.empty.parquet"  # typed, row-less stand-in while the store is empty
-            pq.write_table(PAIR_SCHEMA.empty_table(), empty)
-            con.execute(f"""CREATE VIEW pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, *
-                FROM read_parquet('{empty}') WHERE false""")
+        else:  # an empty store: a typed, row-less table
+            con.execute("CREATE TABLE pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * "
+                        "FROM empty_pairs WHERE false")
 
     def publications(self) -> list[dict[str, Any]]:
         """Hub publications of this store's versions (``publications.jsonl``), oldest first."""
         path = self.root / "publications.jsonl"
-        return [json.loads(line) for line in path.read_text().split("\n") if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise IntegrityError(f"{path}:{number}: not a JSON record; remove or repair that line") \
+                        from None
+        return records
 
     def record_publication(self, record: dict[str, Any]) -> None:
         """Append a publication (after the upload succeeded) and refresh the catalog's ``publications`` table."""
@@ -316,69 +491,40 @@ class Store:
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            self._sync_catalog()
+            self._sync_catalog_after_write(f"the publication of {record['ref']}")
 
     def _connect_read_only(self) -> duckdb.DuckDBPyConnection:
-        """Open the catalog read-only, waiting briefly while a writer holds it."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return duckdb.connect(str(self.catalog_path), read_only=True)
-            except duckdb.IOException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only catalog connection, sandboxed to the store's files, brought up to date first."""
-        if not self._catalog_is_current(self.versions()):
-            self.root.mkdir(parents=True, exist_ok=True)
-            with self._lock:
-                self._sync_catalog()
-        con = self._connect_read_only()
-        con.execute("SET allowed_directories = [?]", [str(self.root) + os.sep])
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
+        """Open the catalog read-only. Nobody writes it in place (it is swapped in whole), so there is no wait."""
+        return duckdb.connect(str(self.catalog_path), read_only=True)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        """Run read-only SQL on the catalog; statements that write, attach, copy or configure are refused."""
-        try:
-            statements = duckdb.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise InputError(f"query: {str(exc).splitlines()[0]}") from None
-        if not statements:
-            raise InputError("query: no SQL statement given")
-        for statement in statements:
-            kind = statement.type.name
-            if kind not in READ_ONLY_STATEMENTS:
-                raise InputError(f"query: {kind} statements are refused; the catalog is read-only "
-                                 "(use SELECT, e.g. SELECT pair_type, count(*) FROM pairs GROUP BY 1)")
-        with self.connect() as con:
-            try:
-                result = con.execute(sql)
-                return [d[0] for d in result.description], result.fetchall()
-            except duckdb.Error as exc:
-                raise InputError(f"query: {str(exc).splitlines()[0]}") from None
+        """Run read-only SQL over ``pairs``, ``versions`` and ``publications`` in a sandbox that cannot open,
+        write or attach any file (see ``realign_data.sandbox``)."""
+        from realign_data.sandbox import run_query
+
+        return run_query(self, sql)
 
     def summary(self, ref: str) -> dict[str, Any]:
         """Rows by pair_type, score and margin quantiles and response lengths of one version."""
         version = self.resolve(ref)
         with duckdb.connect() as con:
-            con.execute(f"CREATE VIEW v AS SELECT * FROM read_parquet('{version.data_glob}')")
-            result = con.execute("""
-                SELECT pair_type, count(*) AS rows,
-                       quantile_cont(margin, [0, 0.25, 0.5, 0.75, 1]) AS margin_q,
-                       quantile_cont(chosen_score, [0, 0.5, 1]) AS chosen_score_q,
-                       quantile_cont(rejected_score, [0, 0.5, 1]) AS rejected_score_q,
-                       avg(length(chosen[1].content)) AS chosen_chars_mean,
-                       avg(length(rejected[1].content)) AS rejected_chars_mean,
-                       max(length(chosen[1].content)) AS chosen_chars_max,
-                       max(length(rejected[1].content)) AS rejected_chars_max,
-                       count(DISTINCT prompt_id) AS prompts
-                FROM v GROUP BY pair_type ORDER BY pair_type""")
-            names = [d[0] for d in result.description]
-            by_type = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+            version.view(con, "v")
+            try:
+                result = con.execute("""
+                    SELECT pair_type, count(*) AS rows,
+                           quantile_cont(margin, [0, 0.25, 0.5, 0.75, 1]) AS margin_q,
+                           quantile_cont(chosen_score, [0, 0.5, 1]) AS chosen_score_q,
+                           quantile_cont(rejected_score, [0, 0.5, 1]) AS rejected_score_q,
+                           avg(length(chosen[1].content)) AS chosen_chars_mean,
+                           avg(length(rejected[1].content)) AS rejected_chars_mean,
+                           max(length(chosen[1].content)) AS chosen_chars_max,
+                           max(length(rejected[1].content)) AS rejected_chars_max,
+                           count(DISTINCT prompt_id) AS prompts
+                    FROM v GROUP BY pair_type ORDER BY pair_type""")
+                names = [d[0] for d in result.description]
+                by_type = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+            except duckdb.Error as exc:
+                raise version.unreadable(exc) from None
         manifest = version.manifest
         return {"ref": version.ref, "created_at": manifest["created_at"], "num_rows": manifest["num_rows"],
                 "files": len(manifest["files"]), "bytes": sum(f["bytes"] for f in manifest["files"]),
@@ -386,7 +532,10 @@ class Store:
 
     # ---- integrity and export ------------------------------------------------------------------------------
     def verify(self, ref: str) -> list[str]:
-        """Re-hash every file of a version; returns the problems found (empty when intact)."""
+        """Re-hash every file of a version; returns the problems found (empty when intact).
+
+        A missing or damaged catalog is rebuilt first (noted in ``notes``); on a store that cannot be written
+        the manifest check uses the catalog as it is."""
         version = self.resolve(ref)
         problems = []
         listed = set()
@@ -402,34 +551,50 @@ class Store:
         for path in sorted(version.path.rglob("*")):
             if path.is_file() and path not in listed and path.name != "manifest.json":
                 problems.append(f"{path.relative_to(version.path)}: not listed in the manifest")
-        if self.catalog_path.exists():
+        try:
+            note = self.ensure_catalog()
+        except OSError as exc:
+            note = f"the catalog could not be brought up to date ({describe_os_error(exc)})"
+        if note:
+            self.notes.append(note)
+        try:
             with self._connect_read_only() as con:
                 row = con.execute("SELECT manifest_sha256 FROM catalog_versions WHERE ref = ?",
                                   [version.ref]).fetchone()
-            if row and row[0] != sha256_file(version.path / "manifest.json"):
-                problems.append("manifest.json: changed since the version was catalogued")
+        except duckdb.Error:
+            row = None
+        if row and row[0] != sha256_file(version.path / "manifest.json"):
+            problems.append("manifest.json: changed since the version was catalogued")
         return problems
 
     def export(self, ref: str, fmt: str, out: Path) -> Path:
-        """Write a version as one JSONL file or as its Parquet shards under ``out``; returns what was written."""
+        """Write a version as one JSONL file or as its Parquet shards under ``out``; returns what was written.
+
+        Nothing is left behind when it fails: the output is written under a temporary name and renamed."""
+        if fmt not in ("jsonl", "parquet"):
+            raise InputError(f"--format {fmt!r}: use jsonl or parquet")
         version = self.resolve(ref)
+        files = version.files
         stem = f"{version.name}-v{version.version}"
         target = out / (f"{stem}.jsonl" if fmt == "jsonl" else stem)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: is a file, not a folder")
         if target.exists():
-            raise RealignError(f"{target} already exists; choose another --out or remove it")
+            raise InputError(f"{target} already exists; choose another --out or remove it")
         out.mkdir(parents=True, exist_ok=True)
         staging = out / f".{stem}.{os.getpid()}.partial"
         try:
             if fmt == "jsonl":
                 with open(staging, "w", encoding="utf-8") as handle:
-                    for file in version.files:
-                        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
-                            for row in batch.to_pylist():
-                                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            elif fmt == "parquet":
-                shutil.copytree(version.path, staging)
+                    for file in files:
+                        try:
+                            for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
+                                handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                                     for row in batch.to_pylist()))
+                        except pa.ArrowException as exc:  # a damaged shard (writes raise plain OSError)
+                            raise version.unreadable(exc) from None
             else:
-                raise InputError(f"--format {fmt!r}: use jsonl or parquet")
+                shutil.copytree(version.path, staging)
             os.rename(staging, target)
         except BaseException:
             if staging.is_dir():

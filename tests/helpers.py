@@ -42,11 +42,33 @@ def pair_table(rows: list[dict]):
     return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run `realign-data` as a user would, in a subprocess; returns the completed process."""
-    script = shutil.which("realign-data", path=str(Path(sys.executable).parent))
-    result = subprocess.run([script, *args], capture_output=True, text=True, timeout=600,
+def run_cli(*args: str, env: dict | None = None, check: bool = False, prog: str = "realign-data",
+            cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a realign CLI (``prog``) as a user would, in a subprocess; returns the completed process."""
+    script = shutil.which(prog, path=str(Path(sys.executable).parent))
+    result = subprocess.run([script, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                             env={**os.environ, "COLUMNS": "200", **(env or {})})
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    """The exit-code rule: ``code``, no traceback, one ``error:`` line on stderr naming every needle."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def tree_digest(root: str | Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest): compare before and after a command."""
+    import hashlib
+
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -40,7 +40,7 @@ def test_dry_run_folder_loads_every_config_and_round_trips(tmp_path):
     assert (out / "margins.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "realign_manifest.json").read_text()) == version.manifest
     again = run_cli("publish", "demo@v1", "--repo-id", "me/demo", "--dry-run", str(out), "--store", str(store.root))
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr
     assert store.query("SELECT count(*) FROM publications")[1] == [(0,)]
 
 
@@ -91,7 +91,7 @@ def test_publish_and_pull_through_a_local_hub(tmp_path):
         assert not any(HUB_ENV["HF_TOKEN"].encode() in content for content in head.files.values())
 
         public = run_cli("publish", "demo@v1", "--repo-id", "me/demo", "--private", "--store", str(store.root), env=env)
-        assert public.returncode == 1 and "me/demo already exists and is public" in public.stderr
+        assert public.returncode == 2 and "me/demo already exists and is public" in public.stderr
         again = run_cli("publish", "demo@v1", "--repo-id", "me/demo", "--store", str(store.root), env=env, check=True)
         assert "(unchanged)" in again.stdout and len(hub.repos["me/demo"]) == 2
         assert store.query("SELECT count(*) FROM publications")[1] == [(1,)]
@@ -158,7 +158,7 @@ def test_pull_refuses_what_breaks_the_contract(tmp_path):
                  "them/absent": "them/absent: the Hub answered 404"}
         for spec, message in cases.items():
             result = run_cli("pull", spec, "--store", str(store.root), env=env)
-            assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+            assert result.returncode == 2 and message in result.stderr, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         good = hub.seed("them/good", {"data/train-00000-of-00001.parquet": parquet_bytes(broken[:4])})
         unknown = run_cli("pull", "them/good", "--config", "nope", "--store", str(store.root), env=env)

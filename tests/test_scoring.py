@@ -103,5 +103,5 @@ def test_text_judge_reasks_unparseable_answers_then_counts_them():
     assert scores["k2"].score is None and "unparseable" in scores["k2"].detail
     assert scores["k0"].score is None and "InternalServerError" in scores["k0"].detail
     assert scores["k3"].score == 2.0
-    assert judge.unparseable == 2
+    assert judge.reasks == 5  # haiku once, gravity and the failing request twice each
     assert server.seen[next(k for k in server.seen if "gravity" in k)] == 3  # asked max_attempts times

@@ -182,7 +182,7 @@ def test_resume_after_sigkill_continues_from_the_last_complete_checkpoint(tmp_pa
     assert not (out / "training_manifest.json").exists()
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("checkpoint-2/*")}
     refused = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1 and "--resume" in refused.stderr
+    assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = subprocess.run([*command(out), "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("checkpoint-2/*")} == kept

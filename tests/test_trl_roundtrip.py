@@ -12,7 +12,7 @@ from tests.helpers import pair_row, pair_table
 def test_stored_version_trains_one_dpo_step_without_conversion(tmp_path, tiny_model_dir, tokenizer):
     store = Store(tmp_path / "store")
     version = store.write_version("trl", [pair_table([pair_row(i) for i in range(8)])])
-    dataset = datasets.load_dataset("parquet", data_files=version.data_glob, split="train")
+    dataset = datasets.load_dataset("parquet", data_files=[str(f) for f in version.files], split="train")
     assert dataset.num_rows == 8
     assert dataset[0]["chosen"] == [{"role": "assistant", "content": "A careful answer to 0."}]
 

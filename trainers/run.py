@@ -15,7 +15,7 @@ from typing import Any
 import datasets
 
 from realign_data.config import config_to_dict
-from realign_data.errors import RealignError
+from realign_data.errors import InputError
 from realign_data.models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from realign_data.provenance import code_provenance, utc_now
 from realign_data.store import Store, write_json
@@ -125,15 +125,17 @@ def _preference_trainer(config: TrainConfig, model, train, eval_data, tokenizer,
 def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, Any]:
     """Train the reviser or the policy as ``config`` says; returns the training manifest."""
     if not config.output_dir:
-        raise RealignError("no output directory: pass --output-dir DIR or set output_dir in the manifest")
+        raise InputError("no output directory: pass --output-dir DIR or set output_dir in the manifest")
     output = Path(config.output_dir)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output-dir {output}: is a file, not a folder")
     if (output / "training_manifest.json").exists() and not resume:
-        raise RealignError(f"{output} already holds a trained model; choose another --output-dir, or --resume")
+        raise InputError(f"{output} already holds a trained model; choose another --output-dir, or --resume")
     if output.exists() and not resume and any(output.iterdir()):
-        raise RealignError(f"{output} is not empty; pass --resume to continue the run that left it there")
-    start_model = resolve_model(config.model.spec)
+        raise InputError(f"{output} is not empty; pass --resume to continue the run that left it there")
     type_weights = {"revision": config.revision_weight} if isinstance(config, PolicyTrainConfig) else None
     pairs, inputs = load_training_pairs(config.datasets, config.pair_types, store, config.seed, type_weights)
+    start_model = resolve_model(config.model.spec)  # after the data checks: a conversion takes a while
     train_data, eval_data = held_out_split(pairs, config.eval_fraction, config.seed)
     tokenizer = load_tokenizer(start_model)
     truncation = truncation_report(train_data, tokenizer, config.max_length)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -51,6 +52,7 @@ class Engine(Protocol):
     """Generates ``params.n`` completions per request; yields results as they finish, in any order."""
 
     model_id: str  # what produced the text, for provenance (spec and fingerprint, or served model name)
+    stats: Counter  # calls, failures and ``retry:<reason>`` counts, for the reports (empty where nothing retries)
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
             -> Iterator[GenerationResult]: ...

@@ -9,6 +9,7 @@ regenerates a missing sample exactly as an uninterrupted run would have.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
@@ -49,6 +50,7 @@ class HFEngine:
         self.model = load_model(model, "causal_lm", dtype=dtype, device=self.device)
         self.batch_size = batch_size
         self.model_id = f"{model.spec}@{model.fingerprint()}"
+        self.stats: Counter = Counter()  # in-process: nothing is retried
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         self.eos_ids = eos | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())

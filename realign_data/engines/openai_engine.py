@@ -20,9 +20,10 @@ from collections.abc import Iterator
 
 import openai
 
+from realign_data.config import NO_BASE_URLS
 from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
 from realign_data.engines.hf import row_seed
-from realign_data.errors import RealignError
+from realign_data.errors import InputError
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError,
              openai.APIResponseValidationError, json.JSONDecodeError)
@@ -38,8 +39,7 @@ class OpenAIEngine:
                  concurrency: int = 16, max_retries: int = 5, timeout_s: float = 120.0,
                  retry_backoff_s: float = 0.5):
         if not base_urls:
-            raise RealignError("engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
-                               "--set engine.base_urls=[http://127.0.0.1:8000/v1]")
+            raise InputError(NO_BASE_URLS)
         self.model = model
         self.base_urls = list(base_urls)
         self.api_key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
@@ -21,6 +22,7 @@ class VLLMEngine:
         self.llm = LLM(model=str(model.path), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization)
         self.model_id = f"{model.spec}@{model.fingerprint()}"
+        self.stats: Counter = Counter()  # in-process: nothing is retried
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> VLLMEngine:
