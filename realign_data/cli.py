@@ -205,7 +205,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its lates
     console.print(f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
                   f"{summary['bytes']:,} bytes, created {summary['created_at']}")
     emit(columns, rows, fmt)
-    console.print("score c / r: median chosen / rejected score;  chars c / r: mean chosen / rejected length")
+    console.print("c / r: chosen / rejected; score: median, chars: mean length")
     if models:
         emit(["role", "model"], models, fmt)
 
