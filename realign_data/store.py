@@ -401,12 +401,15 @@ class Store:
 
     def ensure_catalog(self) -> str | None:
         """Bring the catalog up to date with the manifests; returns a note when it was missing or damaged."""
-        if self.catalog_state(self.versions()) == "current":
+        versions = self.versions()
+        state = self.catalog_state(versions)
+        if state == "current":
             return None
-        state = self.rebuild_catalog()
-        if state in ("current", "stale"):
+        with self._lock:
+            self._sync_catalog()
+        if state == "stale":
             return None
-        return (f"catalog.duckdb was {state}; rebuilt from the manifests of {len(self.versions())} version(s) "
+        return (f"catalog.duckdb was {state}; rebuilt from the manifests of {len(versions)} version(s) "
                 "(edits to a manifest made before this rebuild can no longer be detected)")
 
     def _sync_catalog(self) -> None:
