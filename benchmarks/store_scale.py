@@ -1,25 +1,26 @@
 """Write 1,000,000 synthetic pairs as one store version, then time three catalog queries.
 
-Prints seconds for the store write (contract checks, zstd shards, fsync, sha256, catalog) beside a baseline of
-plain `pyarrow.parquet` writing the same batches, the time of each query, and peak RSS.
-Targets on a 2-core machine: write <= 60 s, each query <= 2 s, peak RSS <= 3 GiB.
+Prints the store write (contract checks, zstd shards, fsync, sha256, catalog) beside plain `pyarrow.parquet`
+writing the same batches to one zstd file (both sides generate the same synthetic batches), and each query through
+the store's sandbox beside plain DuckDB on that file, as ratios (warm-up, then the median of alternating repeats),
+and peak RSS. Targets on a 2-core machine: write <= 60 s, each query <= 2 s, peak RSS <= 3 GiB.
 
-    python benchmarks/store_scale.py [--rows 1000000] [--dir /tmp/realign-bench]
+    python benchmarks/store_scale.py [--rows 1000000] [--repeats 3] [--dir /tmp/realign-bench] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import arguments, compare, finish
 
 from realign_data.schema import MESSAGE, PAIR_SCHEMA, PAIR_TYPES
 from realign_data.store import Store
@@ -66,43 +67,59 @@ def synthetic_batches(rows: int, batch_rows: int, seed: int = 0):
 
 
 QUERIES = {
-    "count by pair_type": "SELECT pair_type, count(*) FROM pairs WHERE dataset = 'bench' GROUP BY 1 ORDER BY 1",
-    "margin quantiles": "SELECT pair_type, quantile_cont(margin, [0.1, 0.5, 0.9]) FROM pairs "
-                        "WHERE dataset = 'bench' GROUP BY 1 ORDER BY 1",
-    "join on prompt_id": "SELECT count(*), avg(r.margin - o.margin) FROM pairs o JOIN pairs r USING (prompt_id) "
-                         "WHERE o.pair_type = 'on_policy' AND r.pair_type = 'revision' "
-                         "AND o.dataset = 'bench' AND r.dataset = 'bench'",
+    "count by pair_type": "SELECT pair_type, count(*) FROM {pairs} GROUP BY 1 ORDER BY 1",
+    "margin quantiles": "SELECT pair_type, quantile_cont(margin, [0.1, 0.5, 0.9]) FROM {pairs} GROUP BY 1 ORDER BY 1",
+    "join on prompt_id": "SELECT count(*), avg(r.margin - o.margin) FROM {pairs} o JOIN {pairs} r USING (prompt_id) "
+                         "WHERE o.pair_type = 'on_policy' AND r.pair_type = 'revision'",
 }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="realign-bench-", dir=args.dir))
-    try:
-        start = time.perf_counter()
-        with pq.ParquetWriter(scratch / "baseline.parquet", PAIR_SCHEMA, compression="zstd") as writer:
-            for batch in synthetic_batches(args.rows, args.batch_rows):
-                writer.write_table(batch, row_group_size=65_536)
-        baseline = time.perf_counter() - start
+    runs = iter(range(10**6))
 
-        store = Store(scratch / "store")
-        start = time.perf_counter()
-        version = store.write_version("bench", synthetic_batches(args.rows, args.batch_rows))
-        written = time.perf_counter() - start
+    def plain(rows: int):
+        path = scratch / f"plain-{next(runs)}.parquet"
+        with pq.ParquetWriter(path, PAIR_SCHEMA, compression="zstd") as writer:
+            for batch in synthetic_batches(rows, args.batch_rows):
+                writer.write_table(batch, row_group_size=65_536)
+        return path
+
+    def store(rows: int):
+        target = Store(scratch / f"store-{next(runs)}")
+        return target, target.write_version("bench", synthetic_batches(rows, args.batch_rows))
+
+    try:
+        plain(args.batch_rows), store(args.batch_rows)  # warm-up: imports, caches, the first catalog
+        write = compare({"store": lambda: store(args.rows), "plain": lambda: plain(args.rows)}, args.repeats,
+                        warmup=False)
+        target, version = store(args.rows)
+        baseline = plain(args.rows)
         size = sum(f["bytes"] for f in version.manifest["files"])
-        print(f"rows: {args.rows:,}  version: {version.ref}  shards: {len(version.files)}  bytes: {size:,}")
-        print(f"write (store): {written:.1f} s   baseline (plain pyarrow zstd): {baseline:.1f} s   "
-              f"ratio: {written / baseline:.2f}   target: <= 60 s")
+        figures = {"rows": args.rows, "shards": len(version.files), "bytes": size,
+                   "write_s": write["store"], "write_plain_s": write["plain"],
+                   "write_ratio": write["store"] / write["plain"]}
+        print(f"rows: {args.rows:,}  shards: {len(version.files)}  bytes: {size:,}  "
+              f"(median of {args.repeats}, after a warm-up)")
+        print(f"write: store {write['store']:.1f} s, plain pyarrow zstd {write['plain']:.1f} s, "
+              f"ratio {figures['write_ratio']:.2f} (target: <= 60 s)")
         for name, sql in QUERIES.items():
-            start = time.perf_counter()
-            _, rows = store.query(sql)
-            print(f"query {name}: {time.perf_counter() - start:.2f} s   target: <= 2 s   -> {rows[:2]}")
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"peak RSS: {peak:.2f} GiB   target: <= 3 GiB")
+            timed = compare({"store": lambda sql=sql: target.query(sql.format(pairs="pairs")),
+                             "plain": lambda sql=sql: duckdb.sql(sql.format(
+                                 pairs=f"read_parquet('{baseline}')")).fetchall()}, max(args.repeats, 5))
+            key = name.replace(" ", "_")
+            figures.update({f"query_{key}_s": timed["store"], f"query_{key}_plain_s": timed["plain"],
+                            f"query_{key}_ratio": timed["store"] / timed["plain"]})
+            print(f"query {name}: store {timed['store']:.3f} s, plain duckdb on the file {timed['plain']:.3f} s, "
+                  f"ratio {timed['store'] / timed['plain']:.2f} (target: <= 2 s)")
+        figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"peak RSS: {figures['peak_rss_gib']:.2f} GiB (target: <= 3 GiB)")
+        finish(figures, args.json)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

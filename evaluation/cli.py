@@ -102,6 +102,13 @@ def _check_servers(judging: bool, generating: bool, judge_engine: str, judge_url
         raise InputError("--engine openai needs --base-url URL (an OpenAI-compatible server serving --model)")
 
 
+def _refuse_unused(when: str, **options: object) -> None:
+    """Options that the chosen mode would ignore stop the run: a flag never silently has no effect."""
+    given = ["--" + name.replace("_", "-") for name, value in options.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: not used {when}")
+
+
 @app.command("alpaca")
 def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
                "--annotations", help="Recompute the metrics from existing annotations (alpaca_eval layout).")] = None,
@@ -124,6 +131,10 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
 
     parse_prices(judge_prices)
     _check_engine_names(judge_engine, engine)
+    if annotations is not None:
+        _refuse_unused("when --annotations are rescored (they judge anew)", eval_set=eval_set, model=model,
+                       base_url=base_url, judge_model=judge_model, judge_base_url=judge_base_url, limit=limit,
+                       judge_prices=judge_prices)
     report = run_alpaca(output=output, annotations=annotations, outputs=outputs, eval_set=eval_set, limit=limit,
                         name=name, lc_data=lc_data, reference_leaderboard=reference_leaderboard, annotator=annotator,
                         make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
@@ -169,6 +180,14 @@ bootstrap CIs (per category in v2.0), optional style control.
 
     parse_prices(judge_prices)
     _check_engine_names(judge_engine, engine)
+    if judgments is not None:
+        _refuse_unused("when --judgments are rescored (they judge anew)", questions=questions,
+                       baseline_answers=baseline_answers, outputs=outputs, model=model, base_url=base_url,
+                       judge_model=judge_model, judge_base_url=judge_base_url, limit=limit, name=name,
+                       judge_prices=judge_prices)
+    else:
+        _refuse_unused("without --judgments (answers for style control come with the new judgments)",
+                       answers_dir=answers_dir)
     report = run_arena(output=output, judgments=judgments, judge_config=judge_config, judge_settings=judge_settings,
                        questions=questions, baseline_answers=baseline_answers, answers_dir=answers_dir,
                        outputs=outputs, limit=limit, name=name, baseline=baseline, rounds=rounds,

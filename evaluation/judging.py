@@ -1,8 +1,10 @@
 """Judge calls through any generation engine, cached on disk and counted.
 
 Every (judge, messages, attempt) answer is stored in a SQLite file as soon as it arrives, so a rerun makes zero
-calls and an interrupted run loses nothing it already paid for. Retries on server faults are the engine's; an
-answer whose verdict cannot be parsed is re-asked as a new attempt (sampled) up to ``max_attempts``.
+calls for what was judged and an interrupted run loses nothing it already paid for. Retries on server faults are
+the engine's; an answer whose verdict cannot be parsed is re-asked as a new attempt (sampled) up to
+``max_attempts``. A failure is never replayed: an item whose every cached attempt is unparseable is judged anew,
+from the first attempt, on a rerun (a failed call is not cached at all).
 """
 
 from __future__ import annotations
@@ -30,14 +32,24 @@ class CachedJudge:
                         "prompt_tokens INTEGER, completion_tokens INTEGER)")
         self.counts: Counter = Counter()
 
-    def _ask(self, items: dict[str, list[dict]], attempt: int) -> dict[str, str | None]:
-        keys = {name: content_key(self.judge_id, messages, self.max_new_tokens, self.temperature, attempt)
-                for name, messages in items.items()}
+    def _key(self, messages: list[dict], attempt: int) -> str:
+        return content_key(self.judge_id, messages, self.max_new_tokens, self.temperature, attempt)
+
+    def _cached(self, key: str) -> str | None:
+        row = self.db.execute("SELECT text FROM answers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _failed_before(self, messages: list[dict], parse: Parse) -> bool:
+        """Every attempt is cached and none of them parses: the item failed in an earlier run."""
+        texts = [self._cached(self._key(messages, attempt)) for attempt in range(self.max_attempts)]
+        return all(text is not None and parse(text) is None for text in texts)
+
+    def _ask(self, items: dict[str, list[dict]], attempt: int, anew: set[str]) -> dict[str, str | None]:
+        keys = {name: self._key(messages, attempt) for name, messages in items.items()}
         answers: dict[str, str | None] = {}
         for name, key in keys.items():
-            row = self.db.execute("SELECT text FROM answers WHERE key = ?", (key,)).fetchone()
-            if row is not None:
-                answers[name] = row[0]
+            if name not in anew and (text := self._cached(key)) is not None:
+                answers[name] = text
                 self.counts["cached"] += 1
         params = SamplingParams(n=1, temperature=self.temperature if attempt == 0 else 0.7, top_p=1.0,
                                 max_new_tokens=self.max_new_tokens, seed=attempt)
@@ -63,8 +75,10 @@ class CachedJudge:
         """(verdict, judge text) per item; items still unparseable after every attempt get verdict None."""
         results: dict[str, tuple[object | None, str]] = {}
         pending = dict(items)
+        anew = {name for name, messages in items.items() if self._failed_before(messages, parse)}
+        self.counts["judged_anew"] += len(anew)
         for attempt in range(self.max_attempts):
-            for name, text in self._ask(pending, attempt).items():
+            for name, text in self._ask(pending, attempt, anew).items():
                 verdict = parse(text) if text is not None else None
                 if verdict is not None or attempt == self.max_attempts - 1:
                     results[name] = (verdict, text or "")

@@ -32,7 +32,9 @@ def usage_note(usage: dict[str, Any]) -> str:
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(retries.items()))
     return (f"judge: {usage.get('calls', 0)} call(s), {usage.get('cached', 0)} from the cache, "
             f"{usage.get('retries_total', 0)} retried" + (f" ({reasons})" if reasons else "")
-            + f", {usage.get('failed', 0)} failed after retries, {usage.get('unparseable', 0)} unparseable")
+            + f", {usage.get('failed', 0)} failed after retries, {usage.get('unparseable', 0)} unparseable"
+            + (f", {usage['judged_anew']} judged anew (unparseable in an earlier run)" if usage.get("judged_anew")
+               else ""))
 
 
 def _pyplot():

@@ -306,6 +306,17 @@ CASES = {
                                         ["model.jsonl:1", "string"]),
     "arena-outputs-named-like-the-baseline": (lambda t: judging_arena(t, model=[answer("q0", "base")]),
                                               ["base", "--name"]),
+    # options that a mode would ignore
+    "alpaca-rescore-with-limit": (lambda t: alpaca(t, "--limit", "2"), ["--limit", "--annotations"]),
+    "alpaca-rescore-with-eval-set-and-judge": (lambda t: alpaca(t, "--eval-set", str(eval_set(t)),
+                                                                "--judge-base-url", DEAD_JUDGE),
+                                               ["--eval-set", "--judge-base-url", "--annotations"]),
+    "arena-rescore-with-model-and-limit": (lambda t: arena(t, "--model", "smollm2", "--limit", "1"),
+                                           ["--model", "--limit", "--judgments"]),
+    "arena-rescore-with-questions": (lambda t: arena(t, "--questions", str(t / "q.jsonl")),
+                                     ["--questions", "--judgments"]),
+    "arena-judging-with-answers-dir": (lambda t: [*judging_arena(t), "--answers-dir", str(answers_dir(t))],
+                                       ["--answers-dir", "without --judgments"]),
     # compare
     "compare-truncated-report": (lambda t: compare(t, json.dumps(ARENA_REPORT)[:40]),
                                  ["r1/report.json", "invalid JSON"]),

@@ -130,7 +130,9 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
         first_calls = server.calls
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         run_eval(*args[:-4], "-o", tmp_path / "again", "--rounds", "20")
-        assert server.calls == first_calls, "a rerun is served from the judge cache"
+        # a rerun is served from the judge cache, except q4's two games: unparseable answers are asked again
+        # (both attempts), never replayed
+        assert server.calls == first_calls + 2 * 2
     usage = report["judge_usage"]
     assert usage["unparseable"] == 2  # q4, both games
     assert report["failures"] == 2 and report["n"] == 6
@@ -143,7 +145,10 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
     judgments = tmp_path / "report" / "judgments"
     rescored = leaderboard(battles_from_judgments(read_judgments(judgments), "base"), "base", rounds=20)
     assert rescored == report["leaderboard"]
-    assert json.loads((tmp_path / "again" / "report.json").read_text())["leaderboard"] == report["leaderboard"]
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["leaderboard"] == report["leaderboard"]
+    assert again["judge_usage"]["judged_anew"] == 2 and again["judge_usage"]["calls"] == 4
+    assert "2 judged anew" in (tmp_path / "again" / "report.md").read_text()
     assert (tmp_path / "report" / "answers.jsonl").exists()
     assert "| ours |" in (tmp_path / "report" / "report.md").read_text()
 

@@ -1,0 +1,42 @@
+"""Timing rules every benchmark follows: warm-up, alternating repeats, medians, ratios, and one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes: --repeats and --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side (the median is reported)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of every figure")
+    return parser
+
+
+def seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def compare(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median seconds of each side; one untimed warm-up run each, then the sides alternate in each repeat (the
+    first side changes every round) so drift in the machine's state hits them alike."""
+    if warmup:
+        for work in sides.values():
+            work()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            times[name].append(seconds(sides[name]))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def finish(figures: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, allow_nan=False))
