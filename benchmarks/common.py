@@ -40,3 +40,48 @@ def compare(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool =
 def finish(figures: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures, allow_nan=False))
+
+
+def plain_chat_calls(url: str, prompts: list[str], concurrency: int, max_tokens: int = 32) -> list[str]:
+    """What a careful user writes without realign: one AsyncOpenAI client, a semaphore, asyncio.gather."""
+    import asyncio
+
+    import openai
+
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=30)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(prompt: str) -> str:
+            async with limit:
+                response = await client.chat.completions.create(
+                    model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                    temperature=0.7)
+                return response.choices[0].message.content
+
+        try:
+            return await asyncio.gather(*(one(prompt) for prompt in prompts))
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+class LatencyServer:
+    """The local stand-in OpenAI server (tests/openai_server.py) in its own process, with a fixed latency."""
+
+    def __init__(self, latency: float):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--latency", str(latency)],
+                                        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+        self.url = self.process.stdout.readline().strip()
+
+    def __enter__(self) -> LatencyServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait()

@@ -1,18 +1,19 @@
-"""The `hf` engine against a plain transformers `generate` loop on the same 32 mixed-length prompts.
+"""The `hf` engine against the plain transformers `generate` loop a careful user writes, greedy and sampled.
 
-Same model, batch size, max new tokens and greedy decoding. The baseline batches prompts in their given order;
-the engine groups them by length (less padding). Prints both times and the ratio engine / baseline
-(target <= 1.10; below 1.0 thanks to length grouping).
+Same model, prompts, batch size and max new tokens. Two plain loops: prompts sorted by token length before
+batching (what a careful user does to save padding: the fair baseline) and prompts in their given order (naive).
+Sampled mode: the plain loops use transformers' own sampling (`do_sample=True` with the same temperature and
+top-p); the engine draws from per-row seeded generators so a sample does not depend on its batch. Each side is
+warmed up, the sides alternate in every repeat, and the median of the repeats is reported.
+Target: the engine at most 1.05x the sorted plain loop in both modes.
 
-    python benchmarks/engine_overhead.py [--model smollm2-135m-instruct] [--batch-size 8] [--max-new-tokens 64]
+    python benchmarks/engine_overhead.py [--model smollm2-135m-instruct] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
+from common import arguments, compare, finish
 
 from realign_data.config import PromptsConfig
 from realign_data.engines import GenerationRequest, SamplingParams
@@ -29,21 +30,24 @@ def mixed_length_prompts(count: int) -> list[list[dict[str, str]]]:
 
 
 @torch.inference_mode()
-def plain_generate(engine: HFEngine, conversations, batch_size: int, max_new_tokens: int) -> int:
+def plain_generate(engine: HFEngine, conversations, batch_size: int, params: SamplingParams) -> int:
+    """Batches of ``batch_size`` in the given order through ``model.generate``; returns the tokens produced."""
     tokenizer, model = engine.tokenizer, engine.model
     tokenizer.padding_side = "left"
+    sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0} \
+        if params.temperature > 0 else {"do_sample": False}
     produced = 0
     for start in range(0, len(conversations), batch_size):
         batch = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
                                               padding=True, return_tensors="pt", return_dict=True).to(model.device)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(**batch, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
         produced += int((output[:, batch["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum())
     return produced
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -51,22 +55,29 @@ def main() -> None:
     args = parser.parse_args()
     engine = HFEngine(resolve_model(args.model), batch_size=args.batch_size)
     conversations = mixed_length_prompts(args.prompts)
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
-    requests = [GenerationRequest(str(i), c, params) for i, c in enumerate(conversations)]
     lengths = [len(engine.encode(c)) for c in conversations]
+    by_length = [conversations[i] for i in sorted(range(len(conversations)), key=lengths.__getitem__)]
     print(f"model {args.model}  prompts {len(conversations)} (tokens {min(lengths)}-{max(lengths)})  "
-          f"batch {args.batch_size}  max_new_tokens {args.max_new_tokens}  threads {torch.get_num_threads()}")
-    plain_generate(engine, conversations[:args.batch_size], args.batch_size, 4)  # warm-up
-    start = time.perf_counter()
-    plain_tokens = plain_generate(engine, conversations, args.batch_size, args.max_new_tokens)
-    baseline = time.perf_counter() - start
-    start = time.perf_counter()
-    results = list(engine.generate(requests))
-    ours = time.perf_counter() - start
-    engine_tokens = sum(c.completion_tokens for r in results for c in r.completions)
-    print(f"plain generate loop: {baseline:.2f} s ({plain_tokens} tokens)")
-    print(f"hf engine:           {ours:.2f} s ({engine_tokens} tokens)")
-    print(f"ratio engine/plain:  {ours / baseline:.3f}   target <= 1.10")
+          f"batch {args.batch_size}  max_new_tokens {args.max_new_tokens}  threads {torch.get_num_threads()}  "
+          f"median of {args.repeats}")
+    figures: dict[str, float] = {}
+    for mode, temperature in (("greedy", 0.0), ("sampled", 0.8)):
+        params = SamplingParams(n=1, temperature=temperature, top_p=0.95, max_new_tokens=args.max_new_tokens)
+        requests = [GenerationRequest(str(i), c, params) for i, c in enumerate(conversations)]
+        times = compare({
+            "engine": lambda requests=requests: list(engine.generate(requests)),
+            "plain_sorted": lambda params=params: plain_generate(engine, by_length, args.batch_size, params),
+            "plain_given_order": lambda params=params: plain_generate(engine, conversations, args.batch_size, params),
+        }, args.repeats)
+        for side, seconds in times.items():
+            figures[f"{mode}_{side}_s"] = seconds
+        figures[f"{mode}_ratio_vs_sorted"] = times["engine"] / times["plain_sorted"]
+        figures[f"{mode}_ratio_vs_given_order"] = times["engine"] / times["plain_given_order"]
+        print(f"{mode:8s} engine {times['engine']:.2f} s, plain sorted {times['plain_sorted']:.2f} s, plain in "
+              f"given order {times['plain_given_order']:.2f} s")
+        print(f"{'':8s} ratio vs sorted {figures[f'{mode}_ratio_vs_sorted']:.3f} (target <= 1.05), "
+              f"vs given order {figures[f'{mode}_ratio_vs_given_order']:.3f}")
+    finish(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ def _margin_histogram(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     plt.close(figure)
 
 
+PAPER = ("The recipe: Chen et al., \"ReAlign: Structured Revision for Small Language Model Alignment\", Findings of "
+         "the Association for Computational Linguistics: EMNLP 2025, doi:10.18653/v1/2025.findings-emnlp.642 "
+         "(https://doi.org/10.18653/v1/2025.findings-emnlp.642). Not to be confused with the unrelated 2024 "
+         "\"ReAlign\" (Reformatted Alignment, Fan et al.), which reformats the responses of instruction data.")
+
+
 def _card(version: Version, repo_id: str, license_id: str, sizes: dict[str, tuple[int, int]],
           stats: list[tuple]) -> str:
     counts = {name: rows for name, (rows, _) in sizes.items()}
@@ -97,11 +103,11 @@ def _card(version: Version, repo_id: str, license_id: str, sizes: dict[str, tupl
     body = f"""
 # {repo_id}
 
-Preference pairs built with realign (`realign-data build`) by the ReAlign recipe (EMNLP 2025 Findings): a small
-policy's own samples paired best-vs-worst by a scorer (`on_policy`), and the policy's drafts improved by a reviser and
-posed as a structured revision task (`revision`: prompt = instruction + draft, chosen = revision, rejected = draft),
-plus `revision_direct` and `reviser_train` pairs where built. Rows follow TRL's conversational preference format
-(`prompt`, `chosen`, `rejected`) with provenance columns.
+Preference pairs built with realign (`realign-data build`) by the ReAlign recipe (Chen et al., Findings of EMNLP
+2025; see Citation): a small policy's own samples paired best-vs-worst by a scorer (`on_policy`), and the policy's
+drafts improved by a reviser and posed as a structured revision task (`revision`: prompt = instruction + draft,
+chosen = revision, rejected = draft), plus `revision_direct` and `reviser_train` pairs where built. Rows follow
+TRL's conversational preference format (`prompt`, `chosen`, `rejected`) with provenance columns.
 
 This is version `{version.ref}` of the local store, created {manifest["created_at"]}.
 
@@ -140,6 +146,10 @@ from datasets import load_dataset
 from trl import DPOConfig, DPOTrainer
 trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=pairs, processing_class=tokenizer)
 ```
+
+## Citation
+
+{PAPER}
 """
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n" + body
 

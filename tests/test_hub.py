@@ -37,6 +37,7 @@ def test_dry_run_folder_loads_every_config_and_round_trips(tmp_path):
     assert card.data.license == "apache-2.0" and card.data.size_categories == ["n<1K"]
     assert [c["config_name"] for c in card.data.configs] == ["default", "on_policy", "reviser_train", "revision"]
     assert "tiny@sha256:abc" in card.text and "demo@v1" in card.text and "load_dataset(\"me/demo\"" in card.text
+    assert "doi:10.18653/v1/2025.findings-emnlp.642" in card.text and "Reformatted Alignment" in card.text
     assert (out / "margins.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "realign_manifest.json").read_text()) == version.manifest
     again = run_cli("publish", "demo@v1", "--repo-id", "me/demo", "--dry-run", str(out), "--store", str(store.root))
