@@ -18,7 +18,10 @@ from pathlib import Path
 from common import LatencyServer, arguments, compare, finish, plain_chat_calls
 
 from evaluation.judging import CachedJudge
+from realign_data.engines import SamplingParams
 from realign_data.engines.openai_engine import OpenAIEngine
+
+PARAMS = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=32)  # as a judge config sets them
 
 
 def main() -> None:
@@ -31,8 +34,8 @@ def main() -> None:
     with LatencyServer(args.latency) as server, tempfile.TemporaryDirectory() as scratch:
         def judged(items: dict, concurrency: int) -> CachedJudge:
             engine = OpenAIEngine("judge", [server.url], concurrency=concurrency, timeout_s=30)
-            judge = CachedJudge(engine, "judge", Path(scratch) / f"cache-{next(fresh)}.sqlite", max_new_tokens=32)
-            judge.judge(items, lambda text: text)
+            judge = CachedJudge(engine, "judge", Path(scratch) / f"cache-{next(fresh)}.sqlite")
+            judge.ask(items, PARAMS)
             return judge
 
         for concurrency in (1, 8, 32):
@@ -50,7 +53,7 @@ def main() -> None:
             judge = judged(items, concurrency)
             calls = judge.counts["calls"]
             start = time.perf_counter()
-            judge.judge(items, lambda text: text)
+            judge.ask(items, PARAMS)
             rerun = time.perf_counter() - start
             figures[f"c{concurrency}_cached_rerun_s"] = rerun
             print(f"{'':15s}rerun from the cache: {judge.counts['calls'] - calls} new calls, {rerun:.3f} s")

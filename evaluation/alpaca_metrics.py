@@ -7,7 +7,11 @@ without it the report says so instead of inventing a number.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import socket
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +26,9 @@ from realign_data.store import json_safe
 ANNOTATION_FIELDS = ("instruction", "output_1", "output_2", "preference")
 LC_FILE = "df_gamed.csv"
 LC_COLUMNS = ("model", "index", "instruction_difficulty")
+SWITCH_FIELDS = ("is_switched_outputs", "is_switch_output_1_output_2")  # alpaca_eval's order flag (and old name)
+DEGENERATE_SHARE = 0.9
+PROBE_SECONDS = 3.0
 
 
 def import_alpaca_eval():
@@ -65,6 +72,14 @@ def read_annotations(path: Path) -> pd.DataFrame:
         for field in ("generator_1", "generator_2"):
             if record.get(field) is not None and not isinstance(record[field], str):
                 raise InputError(f"{where}: field '{field}' must be a string, got {json_kind(record[field])}")
+        index = record.get("index")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+            raise InputError(f"{where}: field 'index' (the row's place in the AlpacaEval set) must be a "
+                             f"non-negative integer, got {json_kind(index)} {index!r}")
+        for field in SWITCH_FIELDS:
+            if record.get(field) is not None and not isinstance(record[field], bool):
+                raise InputError(f"{where}: field '{field}' must be true, false or null, got "
+                                 f"{json_kind(record[field])}")
         records.append({**record, "preference": preference_value(where, record["preference"])})
     if all(record["preference"] is None for record in records):
         raise InputError(f"{path}: field 'preference' is null in all {len(records)} row(s); nothing to score")
@@ -103,23 +118,85 @@ def _local_lc_file(path: Path):
         glm.hf_hub_download = original
 
 
+def offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or \
+        os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now (offline mode, a host that does not resolve or answer), or
+    None; found out within a few seconds and without retries. Behind a proxy nothing is probed."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                              "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if not host:
+        return f"HF_ENDPOINT {constants.ENDPOINT!r} names no host"
+    found: list[str] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            found.append(f"the host {host} cannot be resolved")
+            return
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+        except OSError as exc:
+            found.append(f"{host}:{port} does not answer ({type(exc).__name__})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS + 2)
+    if thread.is_alive():
+        return f"{host} does not answer within {PROBE_SECONDS + 2:.0f} s"
+    return found[0] if found else None
+
+
 def find_lc_data(lc_data: Path | None) -> tuple[Path | None, str]:
-    """The df_gamed.csv to use: the given file, else the Hugging Face cache; with the reason when there is none."""
+    """The df_gamed.csv to use: the given file, else the Hugging Face cache, else the Hub when it can be reached;
+    with a one-line reason when there is none (no retries against an unreachable Hub)."""
     if lc_data is not None:
         read_table(lc_data, f"--lc-data (tatsu-lab/alpaca_eval's {LC_FILE})", LC_COLUMNS, ("index",))
         return lc_data, ""
     from huggingface_hub import hf_hub_download
 
-    try:  # the Hugging Face cache first; the Hub only when it is reachable
+    advice = f"pass --lc-data FILE (tatsu-lab/alpaca_eval's {LC_FILE}) to compute the length-controlled win rate"
+    try:
         return Path(hf_hub_download("tatsu-lab/alpaca_eval", LC_FILE, repo_type="dataset",
                                     local_files_only=True)), ""
     except Exception:
         pass
+    reason = hub_unreachable()
+    if reason is not None:
+        return None, (f"{LC_FILE} of the Hub dataset tatsu-lab/alpaca_eval is not in the Hugging Face cache and the "
+                      f"Hub cannot be reached ({reason}); {advice}")
     try:
         return Path(hf_hub_download("tatsu-lab/alpaca_eval", LC_FILE, repo_type="dataset")), ""
-    except Exception as exc:  # offline, gated or missing: LC cannot be computed
+    except Exception as exc:  # gated, missing, or the connection failed
         return None, (f"{LC_FILE} from the Hub dataset tatsu-lab/alpaca_eval is not available "
-                      f"({type(exc).__name__}); pass --lc-data FILE to compute the length-controlled win rate")
+                      f"({type(exc).__name__}); {advice}")
+
+
+@contextmanager
+def _quiet_info():
+    """alpaca_eval logs an INFO line each time it drops unparseable rows; the report counts them instead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _single(frame: pd.DataFrame, column: str, default: str) -> pd.Series:
@@ -132,27 +209,54 @@ def compute_metrics(annotations: pd.DataFrame, model_outputs: pd.DataFrame | Non
                     lc_reason: str, name: str) -> dict[str, Any]:
     """win_rate, standard_error, n_wins, n_wins_base, n_draws, n_total, discrete_win_rate, avg_length, and LC.
 
-    ``annotations`` holds the scored rows only; its ``index`` column (when present) is each row's position in the
-    AlpacaEval set, which the LC fit uses to look up the instruction's difficulty. Values that are not finite
-    (the standard error of a single row, say) are None."""
+    ``annotations`` holds every row, those without a preference (NaN) too, as alpaca_eval's ``evaluate`` passes
+    them: ``get_winrate`` leaves the NaN rows out itself, and ``get_length_controlled_winrate`` fits on the scored
+    rows but predicts (and averages) over all of them. The LC fit looks up each instruction's difficulty by the
+    frame's row label (its ``index`` column when it has one): the row's place in the AlpacaEval set. Values that
+    are not finite (the standard error of a single row, say) are None."""
     alpaca_eval = import_alpaca_eval()
-    metrics = json_safe(dict(alpaca_eval.metrics.get_winrate(annotations)))
+    with _quiet_info():
+        metrics = json_safe(dict(alpaca_eval.metrics.get_winrate(annotations)))
     outputs = model_outputs["output"] if model_outputs is not None else annotations["output_2"]
     metrics["avg_length"] = int(outputs.str.len().mean())  # as the leaderboard computes it
     if lc_path is None:
         return {**metrics, **_lc_unavailable(lc_reason)}
     frame = annotations.copy()
-    if "index" not in frame:
-        frame["index"] = range(len(frame))
     frame["annotator"] = _single(frame, "annotator", "realign-judge")
     frame["generator_1"] = _single(frame, "generator_1", "reference")
     frame["generator_2"] = _single(frame, "generator_2", name)
-    known = pd.read_csv(lc_path, usecols=["index"])["index"].nunique()
-    if int(frame["index"].max()) >= known:
-        return {**metrics, **_lc_unavailable(f"{lc_path} describes {known} instructions, the annotations have "
-                                              f"{int(frame['index'].max()) + 1} rows")}
-    with _local_lc_file(lc_path):
+    positions = frame["index"] if "index" in frame else pd.Series(frame.index, index=frame.index)
+    gamed = pd.read_csv(lc_path)
+    known = set(gamed.drop_duplicates("index").index)  # alpaca_eval looks difficulties up by these labels
+    unknown = sorted({int(p) for p in positions} - known)
+    if unknown:
+        return {**metrics, **_lc_unavailable(f"{lc_path} gives no instruction difficulty for set position(s) "
+                                              f"{', '.join(map(str, unknown[:5]))}"
+                                              + (" ..." if len(unknown) > 5 else "")
+                                              + f" ({len(known)} instructions described)")}
+    with _local_lc_file(lc_path), _quiet_info(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notices about alpaca_eval's arguments
         lc = alpaca_eval.metrics.get_length_controlled_winrate(frame, save_weights_dir=None,
                                                                is_warn_extreme_changes=False)
     return {**metrics, **json_safe({"length_controlled_winrate": float(lc["length_controlled_winrate"]),
                                          "lc_standard_error": float(lc["lc_standard_error"])})}
+
+
+def position_bias(annotations: pd.DataFrame) -> dict[str, Any]:
+    """Share of verdicts for the output shown first or second, from alpaca_eval's order flag (output order is
+    randomized, so a fair judge is near 50/50); unknown when the annotations do not record the order."""
+    field = next((f for f in SWITCH_FIELDS if f in annotations and annotations[f].notna().any()), None)
+    if field is None:
+        return {"known": False, "reason": "the annotations do not record the order the judge saw the outputs in "
+                                          "(alpaca_eval's is_switched_outputs)"}
+    rows = annotations[annotations[field].notna() & annotations["preference"].notna()]
+    preference = rows["preference"].astype(float).replace({0.0: 1.5})
+    switched = rows[field].astype(bool)
+    first = int((((preference < 1.5) & ~switched) | ((preference > 1.5) & switched)).sum())
+    second = int((((preference > 1.5) & ~switched) | ((preference < 1.5) & switched)).sum())
+    total = len(rows)
+    if total == 0:
+        return {"known": False, "reason": "no annotation has both a preference and the order flag"}
+    share = {"first": first / total, "second": second / total, "tie": (total - first - second) / total}
+    return {"known": True, "n_verdicts": total, **share,
+            "degenerate": max(share["first"], share["second"]) > DEGENERATE_SHARE}

@@ -57,8 +57,8 @@ def _urls(urls: list[str] | None) -> list[str]:
     return [strip_url_credentials(url) for url in urls or []]
 
 
-def _judge(engine: str, model: str | None, urls: list[str] | None, default_model: str, max_new_tokens: int,
-           attempts: int, prices: str | None):
+def _judge(engine: str, model: str | None, urls: list[str] | None, default_model: str, prices: str | None):
+    """The cached judge; each benchmark sends it the sampling settings of its official config."""
     from evaluation.judging import CachedJudge
     from realign_data.engines import create_engine
 
@@ -66,8 +66,7 @@ def _judge(engine: str, model: str | None, urls: list[str] | None, default_model
     judge_model = ModelConfig(spec=model or default_model)
     generator = create_engine(engine_config, judge_model)
     judge_id = generator.model_id
-    judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", max_new_tokens=max_new_tokens,
-                        max_attempts=attempts, prices=parse_prices(prices))
+    judge = CachedJudge(generator, judge_id, realign_home() / "judge-cache.sqlite", prices=parse_prices(prices))
     return judge, {"engine": engine, "model": strip_url_credentials(judge_model.spec),
                    "id": strip_url_credentials(judge_id), "base_urls": _urls(urls),
                    "prices_usd_per_million_tokens": parse_prices(prices)}
@@ -118,8 +117,14 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
            model: ModelSpec = None, engine: ModelEngine = "hf", base_url: ModelUrls = None,
            max_new_tokens: MaxTokens = 1024, judge_model: JudgeModel = None, judge_base_url: JudgeUrls = None,
            judge_engine: JudgeEngine = "openai",
-           annotator: Annotated[str, typer.Option(help="alpaca_eval evaluator config.")] = DEFAULT_ANNOTATOR,
-           max_attempts: Annotated[int, typer.Option(min=1)] = 3, limit: Limit = None, name: Name = None,
+           annotator: Annotated[str, typer.Option(help="alpaca_eval evaluator config, run as its configs.yaml "
+                                                  "says (template, completion settings, parser, order "
+                                                  "randomization).")] = DEFAULT_ANNOTATOR,
+           judge_mode: Annotated[str | None, typer.Option(
+               "--judge-mode", help="For a logprob annotator (the default one): 'logprobs' (default; a judge "
+                                    "that returns none is refused) or 'discrete' (a judge without logprobs: the "
+                                    "sampled token counts as probability 1, labelled so in the report).")] = None,
+           limit: Limit = None, name: Name = None,
            lc_data: Annotated[Path | None, typer.Option("--lc-data", help="tatsu-lab/alpaca_eval's df_gamed.csv, "
                                                         "needed for the length-controlled win rate.")] = None,
            reference_leaderboard: References = None, judge_prices: Prices = None) -> None:
@@ -134,14 +139,15 @@ def alpaca(output: Output, annotations: Annotated[Path | None, typer.Option(
     if annotations is not None:
         _refuse_unused("when --annotations are rescored (they judge anew)", eval_set=eval_set, model=model,
                        base_url=base_url, judge_model=judge_model, judge_base_url=judge_base_url, limit=limit,
-                       judge_prices=judge_prices)
+                       judge_prices=judge_prices, judge_mode=judge_mode)
     report = run_alpaca(output=output, annotations=annotations, outputs=outputs, eval_set=eval_set, limit=limit,
                         name=name, lc_data=lc_data, reference_leaderboard=reference_leaderboard, annotator=annotator,
                         make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
-                        make_judge=lambda: _judge(judge_engine, judge_model, judge_base_url, "gpt-4-1106-preview",
-                                                  8, max_attempts, judge_prices),
+                        make_judge=lambda spec: _judge(judge_engine, judge_model, judge_base_url, spec.model_name,
+                                                       judge_prices),
                         check_servers=lambda: _check_servers(True, outputs is None and model is not None,
-                                                             judge_engine, judge_base_url, engine, base_url))
+                                                             judge_engine, judge_base_url, engine, base_url),
+                        judge_mode=judge_mode)
     metrics = report["metrics"]
     error = f"{metrics['standard_error']:.2f}" if metrics.get("standard_error") is not None else "undefined"
     console.print(f"[bold]{report['model']['name']}[/]: win rate {metrics['win_rate']:.2f} "
@@ -155,9 +161,12 @@ def arena(output: Output, judgments: Annotated[Path | None, typer.Option(
               "--judgments", help="Rescore existing judgment files (official layout, one .jsonl per model).")] = None,
           judge_config: Annotated[Path | None, typer.Option("--judge-config", help="Official judge config YAML: "
                                                             "v0.1 judge_config.yaml (default: downloaded at the "
-                                                            "pinned commit) or arena-hard-v2.0.yaml.")] = None,
+                                                            "pinned commit) or arena-hard-v2.0.yaml; with "
+                                                            "--judgments it picks the scoring method.")] = None,
           judge_settings: Annotated[Path | None, typer.Option("--judge-settings", help="Per-category baselines and "
-                                                              "system prompts (v2.0).")] = None,
+                                                              "system prompts (v2.0): upstream's utils/judge_utils.py "
+                                                              "(read, never run) or a YAML/JSON copy of its "
+                                                              "JUDGE_SETTINGS.")] = None,
           questions: Annotated[Path | None, typer.Option("--questions", help="question.jsonl")] = None,
           baseline_answers: Annotated[list[Path] | None, typer.Option(
               "--baseline-answers", help="Baseline answers (official layout); one file per baseline model.")] = None,
@@ -170,9 +179,13 @@ def arena(output: Output, judgments: Annotated[Path | None, typer.Option(
           judge_base_url: JudgeUrls = None, judge_engine: JudgeEngine = "openai", limit: Limit = None,
           name: Name = None, baseline: Annotated[str, typer.Option(help="Baseline model name.")] = "gpt-4-0314",
           rounds: Annotated[int, typer.Option(min=1, help="Bootstrap rounds.")] = 100,
-          reference_leaderboard: References = None, judge_prices: Prices = None) -> None:
-    """Arena-Hard v0.1 and v2.0: two games per question against the baseline, Bradley-Terry scores with \
-bootstrap CIs (per category in v2.0), optional style control.
+          reference_leaderboard: References = None, judge_prices: Prices = None,
+          judge_code: Annotated[Path | None, typer.Option("--judge-code", help="lm-sys gen_judgment.py (v0.1), read "
+                                                          "for its continuation message (default: downloaded at "
+                                                          "the pinned commit).")] = None) -> None:
+    """Arena-Hard v0.1 and v2.0: two games per question against the baseline, scored as each version's official \
+show_result.py does (v0.1: Bradley-Terry, 2.5/97.5 percentiles; v2.0: per category, bootstrap means, 5/95 \
+percentiles), optional style control.
 
     Example: realign-eval arena --judgments data/model_judgment/gpt-4-1106-preview -o reports/arena
     """
@@ -184,7 +197,7 @@ bootstrap CIs (per category in v2.0), optional style control.
         _refuse_unused("when --judgments are rescored (they judge anew)", questions=questions,
                        baseline_answers=baseline_answers, outputs=outputs, model=model, base_url=base_url,
                        judge_model=judge_model, judge_base_url=judge_base_url, limit=limit, name=name,
-                       judge_prices=judge_prices)
+                       judge_prices=judge_prices, judge_code=judge_code)
     else:
         _refuse_unused("without --judgments (answers for style control come with the new judgments)",
                        answers_dir=answers_dir)
@@ -194,7 +207,7 @@ bootstrap CIs (per category in v2.0), optional style control.
                        style_control=style_control, reference_leaderboard=reference_leaderboard,
                        make_answers=lambda prompts: _answers(prompts, model, engine, base_url, max_new_tokens),
                        make_judge=lambda spec: _judge(judge_engine, judge_model, judge_base_url, spec.judge_model,
-                                                      spec.max_tokens, spec.attempts, judge_prices),
+                                                      judge_prices), judge_code=judge_code,
                        check_servers=lambda: _check_servers(True, outputs is None and model is not None,
                                                             judge_engine, judge_base_url, engine, base_url))
     for row in report["leaderboard"]:

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from evaluation.alpaca import annotator_label
 from evaluation.records import json_kind, read_table
 from realign_data.errors import InputError
 
@@ -55,8 +56,25 @@ def _read_report(folder: Path) -> tuple[Path, dict[str, Any]]:
     return path, report
 
 
+def judge_label(report: dict[str, Any]) -> str | None:
+    """The judge as reports name it: the annotator (labelled when it ran in discrete mode) or the
+    judge model; older reports are labelled from their settings."""
+    label = report.get("judge_label")
+    if isinstance(label, str) and label:
+        return label
+    judge = report.get("judge") if isinstance(report.get("judge"), dict) else {}
+    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
+    annotator = judge.get("annotator") if isinstance(judge.get("annotator"), dict) else {}
+    if "metrics" in report and isinstance(annotator.get("label"), str):
+        return annotator["label"]
+    if "metrics" in report and isinstance(settings.get("annotator"), str):
+        return annotator_label(settings["annotator"], judge.get("mode"))
+    return judge.get("model") if isinstance(judge.get("model"), str) else None
+
+
 def _report_rows(folder: Path) -> list[dict]:
     path, report = _read_report(folder)
+    judge = judge_label(report)
     if "leaderboard" in report:
         board = report["leaderboard"]
         if not isinstance(board, list) or not board:
@@ -73,7 +91,7 @@ def _report_rows(folder: Path) -> list[dict]:
                          "model": row["model"], "score": _number(where, row, "score"),
                          "lower": _number(where, row, "lower", optional=True),
                          "upper": _number(where, row, "upper", optional=True),
-                         "n": _number(path, report, "n", optional=True), "source": str(folder)})
+                         "n": _number(path, report, "n", optional=True), "source": str(folder), "judge": judge})
         return rows
     if "metrics" not in report:
         raise InputError(f"{path}: neither field 'leaderboard' (Arena-Hard) nor field 'metrics' (AlpacaEval)")
@@ -87,7 +105,7 @@ def _report_rows(folder: Path) -> list[dict]:
     return [{"benchmark": report["benchmark"], "model": model["name"], "score": score,
              "lower": None if error is None else score - 1.96 * error,
              "upper": None if error is None else score + 1.96 * error,
-             "n": _number(where, metrics, "n_total", optional=True), "source": str(folder)}]
+             "n": _number(where, metrics, "n_total", optional=True), "source": str(folder), "judge": judge}]
 
 
 def _published(path: Path) -> list[dict]:
@@ -97,12 +115,14 @@ def _published(path: Path) -> list[dict]:
                            ALPACA_COLUMNS + (("n_total",) if "n_total" in header.columns else ()))
         return [{"benchmark": "AlpacaEval 2", "model": str(r.iloc[0]), "score": r["win_rate"],
                  "lower": r["win_rate"] - 1.96 * r["standard_error"],
-                 "upper": r["win_rate"] + 1.96 * r["standard_error"], "n": r.get("n_total"), "source": "published"}
+                 "upper": r["win_rate"] + 1.96 * r["standard_error"], "n": r.get("n_total"), "source": "published",
+                 "judge": None}
                 for _, r in table.dropna(subset=list(ALPACA_COLUMNS)).iterrows()]
     table = read_table(path, "--reference-leaderboard (an Arena-Hard or AlpacaEval leaderboard CSV)",
                        ARENA_COLUMNS, ARENA_COLUMNS[1:])
     return [{"benchmark": "Arena-Hard", "model": str(r["model"]), "score": r["score"], "lower": r["rating_q025"],
-             "upper": r["rating_q975"], "n": None, "source": "published"}
+             "upper": r["rating_q975"], "n": None, "source": "published",
+             "judge": None}
             for _, r in table.dropna(subset=list(ARENA_COLUMNS)).iterrows()]
 
 
@@ -111,9 +131,10 @@ def leaderboard_rows(folders: list[Path], reference: Path | None) -> tuple[list[
     if reference is not None:
         benchmarks = {row["benchmark"] for row in rows}
         rows += [row for row in _published(reference) if row["benchmark"] in benchmarks]
-    frame = pd.DataFrame(rows).astype({"score": float, "lower": float, "upper": float, "n": float})  # noqa: F841
+    frame = pd.DataFrame(rows).astype({"score": float, "lower": float, "upper": float, "n": float,  # noqa: F841
+                                       "judge": object})
     result = duckdb.sql("SELECT benchmark, model, round(score, 2) AS score, round(lower, 2) AS lower, "
-                        "round(upper, 2) AS upper, CAST(n AS BIGINT) AS n, source FROM frame "
+                        "round(upper, 2) AS upper, CAST(n AS BIGINT) AS n, source, judge FROM frame "
                         "ORDER BY benchmark, score DESC")
     return result.columns, [[None if isinstance(v, float) and not math.isfinite(v) else v for v in row]
                             for row in result.fetchall()]

@@ -37,6 +37,24 @@ def usage_note(usage: dict[str, Any]) -> str:
                else ""))
 
 
+def position_lines(bias: dict, what: str = "answer") -> list[str]:
+    """report.md lines: the position shares, and a warning when the judge looks degenerate."""
+    if not bias.get("known"):
+        return [f"position bias unknown: {bias.get('reason', 'no parseable verdict')}"]
+    line = (f"position bias: of {bias['n_verdicts']} verdicts, {100 * bias['first']:.0f}% for the {what} shown "
+            f"first, {100 * bias['second']:.0f}% for the {what} shown second, {100 * bias['tie']:.0f}% ties")
+    if bias.get("agreement") is not None:
+        line += (f"; the two games of a question (positions swapped) name the same winner in "
+                 f"{100 * bias['agreement']:.0f}% of {bias['n_questions_both_games']} questions")
+    lines = [line]
+    if bias.get("degenerate"):
+        side = "first" if bias["first"] >= bias["second"] else "second"
+        lines.append(f"WARNING: the judge looks degenerate: {100 * bias[side]:.0f}% of its {bias['n_verdicts']} "
+                     f"verdicts go to the {what} shown {side}; its scores reflect where an {what} is shown, not "
+                     "how good it is")
+    return lines
+
+
 def _pyplot():
     import matplotlib
 

@@ -10,11 +10,14 @@ reviser and judge from one set of weights.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import statistics
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +30,14 @@ from filelock import FileLock, Timeout
 from realign_data.config import NO_BASE_URLS, BuildConfig, EngineConfig, ModelConfig, config_to_dict
 from realign_data.engines import GenerationRequest, SamplingParams, create_engine
 from realign_data.errors import InputError, RealignError
-from realign_data.models import load_model, load_tokenizer, resolve_model
+from realign_data.models import (
+    chat_template_sha256,
+    load_model,
+    load_tokenizer,
+    prompt_token_ids,
+    resolve_model,
+    token_ids_sha256,
+)
 from realign_data.pairs import PromptResults, Provenance, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.prompts import PromptSet, load_prompts
 from realign_data.provenance import redact, utc_now
@@ -70,6 +80,29 @@ def failure_reason(detail: str) -> str:
 
 def failure_summary(failures: list[dict]) -> dict[str, int]:
     return dict(sorted(Counter(f["reason"] for f in failures).items()))
+
+
+def server_prompt_ids(engine: EngineConfig, model: str, messages: list[dict[str, str]]) -> tuple[list[int] | None,
+                                                                                                   str]:
+    """The prompt's tokens as an OpenAI-compatible server renders them for a chat completion, asked of its
+    vLLM-style ``POST /tokenize`` (beside ``/v1``), and where they came from; None and the reason when the server
+    does not answer that."""
+    url = engine.base_urls[0].rstrip("/").removesuffix("/v1") + "/tokenize"
+    shown = redact(url)
+    body = json.dumps({"model": model, "messages": messages, "add_generation_prompt": True,
+                       "add_special_tokens": False}).encode()
+    headers = {"Content-Type": "application/json",
+               "Authorization": f"Bearer {os.environ.get(engine.api_key_env) or 'EMPTY'}"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=engine.timeout_s) as answer:
+            tokens = json.loads(answer.read()).get("tokens")
+    except urllib.error.HTTPError as exc:
+        return None, f"{shown} answered HTTP {exc.code}"
+    except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:  # unreachable, cut, not JSON
+        return None, f"{shown} gave no usable answer ({type(exc).__name__})"
+    if not (isinstance(tokens, list) and tokens and all(type(t) is int for t in tokens)):
+        return None, f"{shown} answered without a list of token ids"
+    return tokens, shown
 
 
 class Build:
@@ -119,12 +152,14 @@ class Build:
 
     def sample_params(self) -> SamplingParams:
         g = self.config.generation
-        return SamplingParams(n=g.num_samples, temperature=g.temperature, top_p=g.top_p,
+        return SamplingParams(n=g.num_samples, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                              min_p=g.min_p, repetition_penalty=g.repetition_penalty,
                               max_new_tokens=g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
 
     def revision_params(self) -> SamplingParams:
         g, r = self.config.generation, self.config.revision
-        return SamplingParams(n=1, temperature=r.temperature, top_p=g.top_p,
+        return SamplingParams(n=1, temperature=r.temperature, top_p=g.top_p, top_k=g.top_k, min_p=g.min_p,
+                              repetition_penalty=g.repetition_penalty,
                               max_new_tokens=r.max_new_tokens or g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
 
     # ---- the run folder: one build at a time -----------------------------------------------------------------
@@ -242,8 +277,8 @@ class Build:
         engine_config, model_config = self.judge
         if self.config.scoring.method == "reward_model":
             return f"reward:{self.identity(EngineConfig(kind='hf'), model_config)}"
-        kind = "logprob" if engine_config.kind == "hf" else "text"
-        return f"judge-{kind}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
+        method = (LogprobJudge if engine_config.kind == "hf" else TextJudge).method
+        return f"{method}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
 
     def scorer(self):
         engine_config, model_config = self.judge
@@ -286,6 +321,33 @@ class Build:
                     self.retries.setdefault(stage, Counter())["reask:unparseable"] += scorer.reasks
             self._check_stage(stage, succeeded, failed_before)
         return {item_key: (cache.get(key) or {}).get("score") for item_key, key in content.items()}
+
+    def prompt_rendering(self, prompts: PromptSet) -> dict[str, Any]:
+        """How the policy's prompts became tokens, for realign-train to compare with its own tokenizer: the sha256 of
+        one probe prompt's token ids (the probe is kept with it) and of the chat template, where known.
+
+        hf and vllm render in-process with the policy folder's tokenizer and chat template, as TRL does. An
+        OpenAI-compatible server renders with its own template, seen only through a vLLM-style ``/tokenize``;
+        without one the record says that the prompt tokens are unknown."""
+        engine, model = self.config.engine, self.config.policy
+        probe = min(prompts.prompts, key=lambda p: p.prompt_id)
+        record: dict[str, Any] = {"engine": engine.kind}
+        if engine.kind == "openai":
+            ids, detail = server_prompt_ids(engine, model.spec, probe.messages)
+            record.update(rendered_by=f"the server's chat template, seen through {detail}", chat_template_sha256=None)
+            if ids is None:
+                record.update(rendered_by="the server's chat template, unseen",
+                              note=f"the server's prompt tokens are unknown ({detail}); realign-train cannot check "
+                                   "that it trains on the prompt tokens the policy was sampled with")
+        else:
+            tokenizer = load_tokenizer(resolve_model(model.spec))
+            ids = prompt_token_ids(tokenizer, probe.messages)
+            record.update(rendered_by=f"the {engine.kind} engine: the chat template of {model.spec}",
+                          chat_template_sha256=chat_template_sha256(tokenizer))
+        record["probe"] = {"prompt_id": probe.prompt_id, "messages": probe.messages,
+                           "token_ids_sha256": token_ids_sha256(ids) if ids is not None else None,
+                           "tokens": len(ids) if ids is not None else None}
+        return record
 
     def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
         """Revisions of drafts 0..drafts_per_prompt-1: {prompt_id: {draft index: revision row}}."""
@@ -402,7 +464,8 @@ class Build:
             raise InputError(f"no pairs survived the pair rules ({reasons}); try more samples "
                                "(generation.num_samples), a higher temperature, or pairs.min_margin=0")
         models = {"policy": {"spec": self.config.policy.spec,
-                             "identity": self.identity(self.config.engine, self.config.policy)},
+                             "identity": self.identity(self.config.engine, self.config.policy),
+                             "prompt_rendering": self.prompt_rendering(result.prompts)},
                   "scorer": {"id": self.scorer_id()}}
         if self.config.revision.reviser or set(self.config.pairs.types) - {"on_policy"}:
             models["reviser"] = {"spec": self.reviser[1].spec, "identity": self.identity(*self.reviser)}

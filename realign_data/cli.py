@@ -437,7 +437,7 @@ shifts."""
 
     result = diff_versions(open_store(store), left, right)
     if fmt is Format.json:
-        print(json.dumps(result, indent=2, default=str))
+        print_json(result)
         return
     emit(["", "value"], [[key, value] for key, value in result.items()], fmt, title=f"{left} -> {right}")
 

@@ -80,6 +80,9 @@ class GenerationConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens only; 0: off")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p times the likeliest; 0: off")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages tokens already in the text; 1: off")
 
 
 class ScoringConfig(StrictModel):

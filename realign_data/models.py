@@ -355,6 +355,26 @@ def load_tokenizer(model: ResolvedModel):
     return tokenizer
 
 
+def prompt_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """A prompt's tokens as the policy sees them and TRL's DPOTrainer trains on them: the chat template (with its
+    default system prompt, if any) applied once with the generation prompt and tokenized as rendered, so that
+    special tokens such as BOS come from the template alone, once."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
+def token_ids_sha256(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+
+
+def chat_template_sha256(tokenizer) -> str | None:
+    template = tokenizer.chat_template
+    if template is None:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto", device: str = "auto"):
     """Load weights for ``task`` (``causal_lm`` or ``reward``, a sequence-classification head) in eval mode."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -2,26 +2,33 @@
 
 - ``RewardModelScorer``: a sequence-classification model (Skywork-Reward, ArmoRM style) over the chat template of
   the conversation plus the response; the score is the first logit.
-- ``LogprobJudge``: in-process; the score is the expected rating under the model's probabilities of the rating
-  tokens after "Rating: " (multi-token ratings such as "1","0" handled exactly).
+- ``LogprobJudge``: in-process; the score is the expected rating under the model's probabilities of the ratings
+  after "Rating: ", read exactly: a rating is its digits followed by a non-digit ("1" then "0" is 10, "11" none).
 - ``TextJudge``: through any generation engine (e.g. the OpenAI-compatible one); the rating is parsed from the
   answer, unparseable answers are re-asked and then counted as failures.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from realign_data.engines.base import GenerationRequest, Progress, SamplingParams
+from realign_data.errors import InputError
 from realign_data.templates import Template
 
 RATINGS = tuple(range(1, 11))
+DIGITS = "0123456789"
 RATING_PREFIX = "Rating: "
-RATING_PATTERN = re.compile(r"rating\s*[:=]?\s*\**\s*(10|[1-9])(?![0-9])|^\s*\**(10|[1-9])(?![0-9.])", re.I | re.M)
+# "Rating: 7", "Rating: 7." or "Rating: 7/10", never "Rating: 11" or "Rating: 7.5"; or a line that starts with N
+RATING_PATTERN = re.compile(r"rating\s*[:=]?\s*\**\s*(10|[1-9])(?![0-9]|[.,][0-9])|^\s*\**(10|[1-9])(?![0-9.])",
+                            re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -74,73 +81,113 @@ class RewardModelScorer:
 
 
 class LogprobJudge:
-    """Expected 1-10 rating from the probabilities an in-process instruct model gives the rating tokens."""
+    """Expected 1-10 rating from the probabilities an in-process instruct model gives the ratings after "Rating: ".
+
+    P(rating r) is the probability that the answer spells r and then does not go on with a digit: "1" then "0" is
+    10, "1" then "1" is no rating, "1" then "." is 1. It is summed over every way to spell r with the vocabulary:
+    all-digit tokens ("1", "0", "10"), the last of which may carry a non-digit tail ("7."). One forward pass reads
+    the prompts; a second one, on their KV cache, reads each all-digit spelling (one or two tokens) and what follows.
+    """
+
+    method = "judge-logprob.v2"  # the scorer id's prefix; v2: exact multi-token ratings (cached v1 scores differ)
 
     def __init__(self, engine, template: Template, scorer_id: str, batch_size: int = 8):
         self.engine, self.template = engine, template  # an HFEngine: its model, tokenizer and chat template
         self.scorer_id = scorer_id
         self.batch_size = batch_size
-        self.continuations = self._rating_continuations()
-        contexts = {tuple(c[:k]) for c in self.continuations.values() for k in range(len(c))}
-        self.paths = [c for c in contexts if not any(o != c and o[:len(c)] == c for o in contexts)]
+        self.spellings, self.finishing = self._rating_spellings()
+        contexts = {context for terms in self.spellings.values() for context, _ in terms}
+        self.paths = sorted(c for c in contexts if c and not any(o != c and o[:len(c)] == c for o in contexts))
 
-    def _rating_continuations(self) -> dict[int, tuple[int, ...]]:
-        """Token ids of each rating after the prefix, e.g. {7: (39,), 10: (33, 32)} for digit-wise tokenizers."""
+    def _rating_spellings(self) -> tuple[dict[int, list[tuple[tuple[int, ...], str]]], dict[str, torch.Tensor]]:
+        """For each rating, the (all-digit tokens, rest) that spell it: the tokens spell its first digits and a
+        token from ``finishing[rest]`` (digits ``rest``, then a non-digit or nothing) ends it. E.g. 10: (("1", "0"),
+        ""), and where the vocabulary has such tokens (("10",), ""), (("1",), "0") for "0." and ((), "10") for "10."."""
         tokenizer = self.engine.tokenizer
         base = tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
-        continuations = {}
         for rating in RATINGS:
-            ids = tokenizer(RATING_PREFIX + str(rating), add_special_tokens=False)["input_ids"]
-            if ids[:len(base)] != base:
-                raise ValueError(f"tokenizer merges '{RATING_PREFIX}' with the rating; cannot read rating logits")
-            continuations[rating] = tuple(ids[len(base):])
-        return continuations
+            if tokenizer(RATING_PREFIX + str(rating), add_special_tokens=False)["input_ids"][:len(base)] != base:
+                raise InputError(f"scoring.model: its tokenizer merges {RATING_PREFIX!r} with the rating, so the "
+                                 f"logprob judge cannot read it; judge through a text engine (scoring.engine)")
+        numerals: dict[str, list[int]] = {}  # digits -> tokens that are exactly those digits
+        finishing: dict[str, list[int]] = {}  # digits ("" for none) -> tokens that are those digits, then no digit
+        for token, text in enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])):
+            digits = text[:len(text) - len(text.lstrip(DIGITS))]
+            (numerals if digits and digits == text else finishing).setdefault(digits, []).append(token)
+
+        def spell(number: str, done: int, context: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], str]]:
+            if number[done:] in finishing:
+                yield context, number[done:]
+            for end in range(done + 1, len(number) + 1):
+                for token in numerals.get(number[done:end], ()):
+                    yield from spell(number, end, (*context, token))
+
+        spellings = {rating: list(spell(str(rating), 0, ())) for rating in RATINGS}
+        device = self.engine.model.device
+        used = {rest for terms in spellings.values() for _, rest in terms}
+        return spellings, {rest: torch.tensor(finishing[rest], device=device) for rest in used}
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
-        tokenizer, model = self.engine.tokenizer, self.engine.model
-        prefix_ids = tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
+        prefix_ids = self.engine.tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
         prompts = [self.engine.encode(judge_messages(self.template, item)) + prefix_ids for item in items]
         order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            rows = [(i, path) for i in chunk for path in self.paths]
-            sequences = [prompts[i] + list(path) for i, path in rows]
-            width = max(map(len, sequences))
-            pad = tokenizer.pad_token_id
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=model.device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
-            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            next_token = {i: {} for i in chunk}  # item -> {context: log-probabilities of the next token}
-            for row, (i, path) in enumerate(rows):
-                end = len(prompts[i])
-                for k in range(len(path) + 1):
-                    next_token[i][path[:k]] = logprobs[row, end - 1 + k]
-            for i in chunk:
-                yield self._expected_rating(items[i].key, next_token[i])
+            for i, next_token in zip(chunk, self._next_token_logprobs([prompts[i] for i in chunk]), strict=True):
+                yield self._expected_rating(items[i].key, next_token)
             if progress:
                 progress(len(chunk))
 
+    def _next_token_logprobs(self, prompts: list[list[int]]) -> list[dict[tuple[int, ...], torch.Tensor]]:
+        """Per prompt: {digit tokens after it: log-probabilities of the next token} for every context in paths."""
+        model, pad = self.engine.model, self.engine.tokenizer.pad_token_id
+        width, copies, depth = max(map(len, prompts)), len(self.paths), max(map(len, self.paths))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        cache = DynamicCache(config=model.config)  # filled in place by the first pass, read by the second
+        accepted = inspect.signature(model.forward).parameters
+        cache_arg = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.x
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       use_cache=True, **{cache_arg: cache}, **last_only).logits
+        after_prompt = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        cache.batch_repeat_interleave(copies)  # row b * copies + j continues prompt b with paths[j]
+        paths = torch.tensor([list(p) + [pad] * (depth - len(p)) for p in self.paths], device=model.device)
+        path_mask = torch.tensor([[1] * len(p) + [0] * (depth - len(p)) for p in self.paths], device=model.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=model.device).repeat_interleave(copies)
+        steps = model(input_ids=paths.repeat(len(prompts), 1), use_cache=True, **{cache_arg: cache},
+                      attention_mask=torch.cat([mask.repeat_interleave(copies, 0),
+                                                path_mask.repeat(len(prompts), 1)], dim=1),
+                      position_ids=lengths[:, None] + torch.arange(depth, device=model.device)).logits
+        steps = torch.log_softmax(steps.float(), dim=-1)
+        results = []
+        for b in range(len(prompts)):
+            next_token = {(): after_prompt[b]}
+            for j, path in enumerate(self.paths):
+                for k in range(len(path)):
+                    next_token[path[:k + 1]] = steps[b * copies + j, k]
+            results.append(next_token)
+        return results
+
     def _expected_rating(self, key: str, next_token: dict[tuple[int, ...], torch.Tensor]) -> Score:
-        sequence_prob = {}
-        for rating, tokens in self.continuations.items():
-            logp = sum(next_token[tokens[:k]][token].item() for k, token in enumerate(tokens))
-            sequence_prob[rating] = torch.tensor(logp).exp().item()
-        exact = {}
-        for rating, tokens in self.continuations.items():  # "1" must not be the start of "10"
-            longer = sum(p for other, p in sequence_prob.items()
-                         if len(self.continuations[other]) > len(tokens)
-                         and self.continuations[other][:len(tokens)] == tokens)
-            exact[rating] = max(sequence_prob[rating] - longer, 0.0)
-        mass = sum(exact.values())
+        probability = {}
+        for rating, terms in self.spellings.items():
+            probability[rating] = sum(
+                math.exp(sum(next_token[context[:k]][token].item() for k, token in enumerate(context))
+                         + torch.logsumexp(next_token[context][self.finishing[rest]], dim=0).item())
+                for context, rest in terms)
+        mass = sum(probability.values())
         if mass <= 0:
             return Score(key, None, "no probability on any rating")
-        expected = sum(r * p for r, p in exact.items()) / mass
+        expected = sum(r * p for r, p in probability.items()) / mass
         return Score(key, expected, f"rating mass {mass:.3f}")
 
 
 class TextJudge:
     """A judge reached through a generation engine: parse "Rating: N", re-ask unparseable answers."""
+
+    method = "judge-text.v2"  # the scorer id's prefix; v2: "Rating: 11" and "Rating: 7.5" are no longer ratings
 
     def __init__(self, engine, template: Template, scorer_id: str, max_attempts: int = 3, seed: int = 0):
         self.engine, self.template = engine, template

@@ -491,7 +491,7 @@ class Store:
         """Append a publication (after the upload succeeded) and refresh the catalog's ``publications`` table."""
         with self._lock:
             with open(self.root / "publications.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             self._sync_catalog_after_write(f"the publication of {record['ref']}")
@@ -592,8 +592,9 @@ class Store:
                     for file in files:
                         try:
                             for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
-                                handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
-                                                     for row in batch.to_pylist()))
+                                handle.write("".join(
+                                    json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False, default=str) + "\n"
+                                    for row in batch.to_pylist()))
                         except pa.ArrowException as exc:  # a damaged shard (writes raise plain OSError)
                             raise version.unreadable(exc) from None
             else:

@@ -53,6 +53,33 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, prog: str 
     return result
 
 
+def strict_json(source: str | Path):
+    """json.loads that refuses NaN and Infinity, as jq and browsers do; a Path is read first."""
+    where = str(source) if isinstance(source, Path) else "the output"
+
+    def refuse(constant):
+        raise AssertionError(f"{where} holds {constant}")
+
+    return json.loads(source.read_text() if isinstance(source, Path) else source, parse_constant=refuse)
+
+
+def strict_json_files(folder: Path) -> list[str]:
+    """Every .json file and every line of every .jsonl file under ``folder`` parses as strict JSON; returns their
+    paths relative to ``folder``, sorted."""
+    files = sorted(folder.rglob("*.json")) + sorted(folder.rglob("*.jsonl"))
+    for path in files:
+        if path.suffix == ".json":
+            strict_json(path)
+        else:
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if line.strip():
+                    try:
+                        strict_json(line)
+                    except AssertionError as exc:
+                        raise AssertionError(f"{path}:{number}: {exc}") from None
+    return sorted(str(p.relative_to(folder)) for p in files)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
     """The exit-code rule: ``code``, no traceback, one ``error:`` line on stderr naming every needle."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]

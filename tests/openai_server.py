@@ -19,6 +19,7 @@ class Reply:
     body: bytes | None = None  # a raw body replacing the JSON completion (malformed answers)
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    logprobs: list[dict] | None = None  # every choice's ``logprobs.content``; None: no logprobs in the answer
 
 
 class _Server(ThreadingHTTPServer):
@@ -81,7 +82,8 @@ class ScriptedOpenAIServer:
         content = reply.content if reply.content is not None else f"echo: {request['messages'][-1]['content']}"
         count = reply.choices or request.get("n") or 1
         return {"id": "cmpl-test", "object": "chat.completion", "created": 0, "model": request["model"],
-                "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
+                             **({"logprobs": {"content": reply.logprobs}} if reply.logprobs is not None else {})}
                             for i in range(count)],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 3 * count, "total_tokens": 5 + 3 * count}}
 

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import pytest
 
 from realign_data.store import Store
-from tests.helpers import pair_row, pair_table, run_cli
+from tests.helpers import pair_row, pair_table, run_cli, strict_json
 
 NARROW = {"COLUMNS": "80"}
-
-
-def strict_json(text: str):
-    """json.loads that refuses NaN and Infinity, as jq and browsers do."""
-    def refuse(constant):
-        raise AssertionError(f"non-JSON constant {constant} in the output")
-    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")

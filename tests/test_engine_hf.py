@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from realign_data.engines import GenerationRequest, SamplingParams
 from realign_data.engines.hf import HFEngine
@@ -71,3 +72,51 @@ def test_stop_strings_cut_the_text(engine):
                                                             stop=(stop,)))])["q1"].completions[0]
     assert stop not in stopped.text and text.startswith(stopped.text)
     assert stopped.finish_reason == "stop"
+
+
+def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(engine, tokenizer):
+    """Greedy under a repetition penalty: the logprobs reported are the unpenalized model's, the choice the
+    penalized one's; both are recomputed here with plain forward passes."""
+    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=6, repetition_penalty=1.5, top_logprobs=3)
+    completion = run(engine, [GenerationRequest("q", messages, params)])["q"].completions[0]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    expected, flipped = [], False
+    for _ in range(completion.completion_tokens):
+        with torch.no_grad():
+            logits = engine.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        seen = torch.tensor(sorted(set(ids)))
+        penalized = logits.clone()
+        penalized[seen] = torch.where(logits[seen] > 0, logits[seen] / 1.5, logits[seen] * 1.5)
+        token = int(penalized.argmax())
+        flipped |= token != int(logits.argmax())
+        top = torch.topk(logprobs, 3)
+        expected.append((tokenizer.decode([token]), logprobs[token].item(),
+                         [tokenizer.decode([i]) for i in top.indices.tolist()], top.values.tolist()))
+        ids.append(token)
+    assert flipped, "the penalty changed some choice, so raw and penalized logprobs are told apart"
+    assert len(completion.logprobs) == completion.completion_tokens
+    for entry, (token, logprob, top_texts, top_values) in zip(completion.logprobs, expected, strict=True):
+        assert entry.token == token and entry.logprob == pytest.approx(logprob, abs=1e-4)
+        assert [text for text, _ in entry.top] == top_texts
+        assert [value for _, value in entry.top] == pytest.approx(top_values, abs=1e-4)
+    plain = run(engine, [GenerationRequest("q", messages, SamplingParams(n=1, temperature=0.0, max_new_tokens=6))])
+    assert plain["q"].completions[0].logprobs is None  # only when asked
+
+
+def test_requests_with_different_parameters_in_one_call_each_get_their_own(engine):
+    """batch_size=3 would put all three in one batch; each must still be decoded with its own parameters."""
+    mixed = [GenerationRequest("greedy", [{"role": "user", "content": QUESTIONS[1]}],
+                               SamplingParams(n=1, temperature=0.0, max_new_tokens=4)),
+             GenerationRequest("hot", [{"role": "user", "content": QUESTIONS[1]}],
+                               SamplingParams(n=1, temperature=1.5, top_p=1.0, max_new_tokens=12, seed=2, stop=("e",))),
+             GenerationRequest("filtered", [{"role": "user", "content": QUESTIONS[1]}],
+                               SamplingParams(n=1, temperature=0.7, top_k=5, min_p=0.05, repetition_penalty=1.3,
+                                              max_new_tokens=8, seed=2))]
+    together = run(engine, mixed)
+    alone = {request.request_id: run(engine, [request])[request.request_id] for request in mixed}
+    for request_id, result in alone.items():
+        assert together[request_id].completions == result.completions, request_id
+    assert len({c.text for r in alone.values() for c in r.completions}) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from realign_data.engines import GenerationRequest, SamplingParams
+from realign_data.engines.base import TokenLogprob
 from realign_data.engines.hf import HFEngine
 from realign_data.engines.openai_engine import OpenAIEngine
 from realign_data.errors import RealignError
@@ -130,3 +131,56 @@ def test_against_transformers_serve_matches_the_hf_engine(transformers_serve, ti
         assert result.error is None and len(result.completions) == 2  # n filled in although the server ignores it
         assert result.completions[0].text == local[request_id].completions[0].text  # greedy: the same model output
         assert result.completions[0].prompt_tokens == local[request_id].completions[0].prompt_tokens
+
+
+def test_logprobs_are_asked_for_and_parsed_into_token_logprobs():
+    content = [{"token": "Hi", "logprob": -0.25, "bytes": None,
+                "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": None},
+                                 {"token": "Hello", "logprob": -1.5, "bytes": None}]},
+               {"token": "!", "logprob": -2.0, "bytes": None,
+                "top_logprobs": [{"token": ".", "logprob": -0.5, "bytes": None},
+                                 {"token": "!", "logprob": -2.0, "bytes": None}]}]
+    bodies = []
+
+    def script(request, seen):
+        bodies.append(request)
+        return Reply(content="Hi!", logprobs=content)
+
+    with ScriptedOpenAIServer(script) as server:
+        results = collect(engine(server.url), requests(1, SamplingParams(n=1, temperature=0.0, top_logprobs=2)))
+    assert bodies[0]["logprobs"] is True and bodies[0]["top_logprobs"] == 2
+    assert results["r0"].completions[0].logprobs == (
+        TokenLogprob("Hi", -0.25, (("Hi", -0.25), ("Hello", -1.5))),
+        TokenLogprob("!", -2.0, ((".", -0.5), ("!", -2.0))))
+
+
+def test_a_server_without_logprobs_leaves_them_none_and_unasked_ones_are_not_requested():
+    bodies = []
+
+    def script(request, seen):
+        bodies.append(request)
+        return Reply(content="Hi!")
+
+    with ScriptedOpenAIServer(script) as server:
+        asked = collect(engine(server.url), requests(1, SamplingParams(top_logprobs=3)))
+        unasked = collect(engine(server.url), requests(1))
+    assert asked["r0"].error is None and asked["r0"].completions[0].logprobs is None
+    assert unasked["r0"].completions[0].logprobs is None
+    assert "logprobs" not in bodies[1] and "top_logprobs" not in bodies[1]
+
+
+def test_sampling_knobs_outside_the_openai_api_are_sent_only_when_switched_on():
+    bodies = []
+
+    def script(request, seen):
+        bodies.append(request)
+        return Reply()
+
+    knobs = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.3}
+    with ScriptedOpenAIServer(script) as server:
+        collect(engine(server.url), requests(1, SamplingParams()))  # all off: a body OpenAI's hosted API accepts
+        collect(engine(server.url), requests(1, SamplingParams(**knobs)))
+        collect(engine(server.url), requests(1, SamplingParams(top_k=7)))
+    assert not set(knobs) & set(bodies[0])
+    assert {key: bodies[1][key] for key in knobs} == knobs
+    assert bodies[2]["top_k"] == 7 and not {"min_p", "repetition_penalty"} & set(bodies[2])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli, tree_digest
+from tests.helpers import assert_one_line_error, run_cli, strict_json, tree_digest
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
 DEAD_JUDGE = "http://127.0.0.1:9/v1"  # nothing listens: a run that got as far as judging would fail differently
@@ -224,6 +224,10 @@ CASES = {
     "alpaca-lc-data-columns": (lambda t: alpaca(t, "--lc-data", str(write(t / "df_gamed.csv", "a,b\n1,2\n"))),
                                ["df_gamed.csv", "instruction_difficulty"]),
     "alpaca-output-is-a-file": (lambda t: [*alpaca(t), "-o", str(write(t / "taken", "x"))], ["-o", "taken"]),
+    "alpaca-annotations-index-negative": (lambda t: alpaca(t, ann=annotations(t, 1, index=-1)),
+                                          ["ann.json: row 1", "index"]),
+    "alpaca-annotations-order-flag-text": (lambda t: alpaca(t, ann=annotations(t, 0, is_switched_outputs="yes")),
+                                           ["ann.json: row 0", "is_switched_outputs"]),
     # AlpacaEval judging inputs (rejected before any judge call)
     "alpaca-eval-set-output-missing": (lambda t: judging_alpaca(t, eval_rows=[{"instruction": "Task 0"}]),
                                        ["eval.json: row 0", "output"]),
@@ -265,6 +269,15 @@ CASES = {
     "arena-judgments-no-verdict": (lambda t: arena(t, records=[judgment("q0", None, "A>>>B")]),
                                    ["judgments", "score"]),
     "arena-style-control-without-answers": (lambda t: arena(t, "--style-control"), ["--answers-dir"]),
+    "arena-v01-judgments-with-judge-settings": (lambda t: arena(t, "--judge-settings", str(write_json(
+        t / "s.yaml", {"judge_settings": {"hard": {"baseline": "b", "system_prompt": "p"}}}))),
+        ["--judge-settings", "v0.1"]),
+    "arena-rescore-settings-python-not-literal": (lambda t: arena(
+        t, "--judge-config", str(write_json(t / "v2.yaml", V2_CONFIG)), "--judge-settings",
+        str(write(t / "judge_utils.py", "import json\nJUDGE_SETTINGS = json.loads('{}')\n"))),
+        ["judge_utils.py:2", "literal"]),
+    "arena-v2-judgments-games-of-one": (lambda t: arena(t, records=[{"uid": "u0", "model": "m", "category": "c",
+                                                                     "games": [None]}]), ["m.jsonl:1", "games"]),
     "arena-answers-dir-missing": (lambda t: arena(t, "--answers-dir", str(t / "nope")), ["nope", "--answers-dir"]),
     "arena-answers-not-objects": (lambda t: arena(t, "--answers-dir", str(answers_dir(t, {"m": [1, 2]}))),
                                   ["m.jsonl:1", "JSON object"]),
@@ -359,14 +372,6 @@ def test_the_table_is_large_enough():
 
 # ------------------------------------------------------------------------------------------------- what must work
 
-def strict_json(path: Path) -> dict:
-    """json.loads that refuses NaN and Infinity, as jq does."""
-    def refuse(constant):
-        raise AssertionError(f"{path} holds {constant}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
-
-
 def run_ok(tmp_path: Path, *args: str):
     result = run_cli(*args, prog="realign-eval", env=env_for(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -443,7 +448,7 @@ def test_compare_reads_hand_written_reports(tmp_path):
     lines = [line for line in result.stdout.splitlines() if line.startswith("| Arena-Hard")]
     assert [line.split(" | ")[1] for line in lines] == ["ours", "base"]
     assert (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()[0] == \
-        "benchmark,model,score,lower,upper,n,source"
+        "benchmark,model,score,lower,upper,n,source,judge"
 
 
 def test_judge_retries_are_reported_and_url_credentials_dropped(tmp_path):
@@ -458,7 +463,7 @@ def test_judge_retries_are_reported_and_url_credentials_dropped(tmp_path):
     with ScriptedOpenAIServer(script) as server:
         url = server.url.replace("http://", "http://user:s3cret-pass@")
         run_ok(tmp_path, "alpaca", "--eval-set", str(eval_path), "--outputs", str(outputs_path), "--judge-base-url",
-               url, "--judge-prices", "1,2", "-o", str(tmp_path / "r"))
+               url, "--judge-prices", "1,2", "--judge-mode", "discrete", "-o", str(tmp_path / "r"))
         calls = server.calls
     report = strict_json(tmp_path / "r" / "report.json")
     usage = report["judge_usage"]

@@ -95,6 +95,9 @@ def arena_inputs(tmp_path, count=6):
     model = tmp_path / "model.jsonl"
     model.write_text("".join(json.dumps({"question_id": f"q{i}", "model_id": "ours", "choices": [
         {"turns": [{"content": f"a much longer and better answer {i}"}]}]}) + "\n" for i in range(count)))
+    (tmp_path / "gen_judgment.py").write_text(  # shaped like lm-sys gen_judgment.py's attempts loop
+        "for _ in range(configs['number_of_judgment_attempts']):\n"
+        "    conv.append({'role': 'user', 'content': 'Please finish with a verdict label.'})\n")
     config = tmp_path / "judge.yaml"
     config.write_text(json.dumps({"judge_model": "judge", "baseline_model": "base", "number_of_judgment_attempts": 2,
                                   "regex_pattern": r"\[\[([AB<>=]+)\]\]", "system_prompt": "Judge fairly.",
@@ -104,12 +107,13 @@ def arena_inputs(tmp_path, count=6):
 
 
 def arena_script(request, seen):
-    """The longer answer wins; q3 is garbage once; q4 always lacks a verdict; q5 fails with 500 then 429 first."""
-    prompt = request["messages"][-1]["content"]
+    """The longer answer wins; q3 is garbage at first (its continuation gives the verdict); q4 always lacks a
+    verdict; q5 fails with 500 then 429 first."""
+    prompt = request["messages"][1]["content"]
     question = prompt.split("?")[0].split()[-1]
     first = prompt.split("\nA: ")[1].split("\nB: ")[0]
     better = "A>B" if "longer" in first else "B>A"
-    if question == "3" and seen == 0:
+    if question == "3" and len(request["messages"]) == 2:
         return Reply(content="I think both are fine.")
     if question == "4":
         return Reply(content="no verdict here")
@@ -124,19 +128,20 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
     questions, baseline, model, config = arena_inputs(tmp_path)
     with ScriptedOpenAIServer(arena_script) as server:
         args = ["arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
-                "--outputs", model, "--judge-base-url", server.url, "--judge-prices", "2.5,10", "-o",
+                "--outputs", model, "--judge-code", tmp_path / "gen_judgment.py", "--judge-base-url", server.url,
+                "--judge-prices", "2.5,10", "-o",
                 tmp_path / "report", "--rounds", "20"]
         run_eval(*args, env={"OPENAI_API_KEY": "test-key"})
         first_calls = server.calls
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         run_eval(*args[:-4], "-o", tmp_path / "again", "--rounds", "20")
-        # a rerun is served from the judge cache, except q4's two games: unparseable answers are asked again
-        # (both attempts), never replayed
+        # a rerun is served from the judge cache, except q4's two games: unparseable games are judged again
+        # (the first answer and its continuation), never replayed
         assert server.calls == first_calls + 2 * 2
     usage = report["judge_usage"]
     assert usage["unparseable"] == 2  # q4, both games
     assert report["failures"] == 2 and report["n"] == 6
-    assert usage["calls"] == 6 * 2 + 2 + 2  # every game once; both games of q3 and of q4 re-asked once
+    assert usage["calls"] == 6 * 2 + 2 + 2  # every game once; both games of q3 and of q4 continued once
     assert first_calls == usage["calls"] + 2 * 2  # plus the 500 and the 429 retried for each game of q5
     assert report["judge"]["model"] == "judge" and "test-key" not in json.dumps(report)
     assert usage["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 2.5 + usage["completion_tokens"] * 10) / 1e6)
@@ -168,7 +173,7 @@ def test_alpaca_judging_maps_identifiers_back_through_the_random_order(tmp_path)
 
     with ScriptedOpenAIServer(script) as server:
         run_eval("alpaca", "--eval-set", eval_set, "--outputs", outputs, "--judge-base-url", server.url,
-                 "-o", tmp_path / "report")
+                 "--judge-mode", "discrete", "-o", tmp_path / "report")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["metrics"]["win_rate"] == pytest.approx(100.0) and report["metrics"]["n_total"] == 10
     annotations = json.loads((tmp_path / "report" / "annotations.json").read_text())
@@ -242,37 +247,46 @@ def test_arena_v2_uses_per_category_baselines_and_system_prompts(tmp_path):
 
 
 def test_style_control_discounts_wins_explained_by_length(tmp_path):
-    """Both models are equally good; the judge prefers the longer answer 3 times in 4, and ours is longer on 3 of
-    4 questions. Raw scores favour ours; with style control it should come back close to 50."""
-    records, ours, base = [], {}, {}
-    for i in range(120):
-        qid = f"q{i}"
-        long_answer = "## Plan\n" + "- a detailed point with **bold** emphasis\n" * (8 + i % 7)
-        ours_long = i % 4 != 3
-        ours[qid], base[qid] = (long_answer, "short") if ours_long else ("short", long_answer)
-        longer_wins = (i // 4) % 4 != 0  # independent of which side is longer
-        ours_wins = ours_long == longer_wins
-        verdicts = ("B>A", "A>B") if ours_wins else ("A>B", "B>A")
-        records.append(json.dumps({"question_id": qid, "model": "ours", "games": [{"score": verdicts[0]},
-                                                                                   {"score": verdicts[1]}]}))
-    judgments, answers = tmp_path / "judgments", tmp_path / "answers"
-    judgments.mkdir()
+    """Four models, equally good, whose answers are shorter or longer than the baseline's; the judge prefers the
+    longer answer. Raw scores spread the models apart; with style control the spread should shrink by half."""
+    import numpy as np
+
+    rng = np.random.RandomState(11)
+    scales = {"m-short": 0.5, "m-even": 1.0, "m-long": 2.0, "m-longer": 4.0}
+    answers, judgments = tmp_path / "answers", tmp_path / "judgments"
     answers.mkdir()
-    (judgments / "ours.jsonl").write_text("\n".join(records) + "\n")
-    for name, texts in (("ours", ours), ("gpt-4-0314", base)):
-        (answers / f"{name}.jsonl").write_text("".join(json.dumps({"question_id": q, "model_id": name, "choices": [
-            {"turns": [{"content": t}]}]}) + "\n" for q, t in texts.items()))
+    judgments.mkdir()
+
+    def answer(qid, model, tokens):
+        return json.dumps({"question_id": qid, "model_id": model, "choices": [{"turns": [{"content": "..."}]}],
+                           "conv_metadata": {"token_len": tokens, "header_count": {"h1": int(rng.randint(0, 3))},
+                                             "list_count": {"ordered": int(rng.randint(0, 6))},
+                                             "bold_count": {"**": int(rng.randint(0, 4))}}}) + "\n"
+
+    base = {f"q{i}": int(rng.randint(200, 600)) for i in range(120)}
+    (answers / "gpt-4-0314.jsonl").write_text("".join(answer(q, "gpt-4-0314", n) for q, n in base.items()))
+    for model, scale in scales.items():
+        lengths = {q: int(n * scale * rng.uniform(0.7, 1.3)) for q, n in base.items()}
+        (answers / f"{model}.jsonl").write_text("".join(answer(q, model, n) for q, n in lengths.items()))
+        records = []
+        for qid, n in lengths.items():
+            p = 1 / (1 + np.exp(-3 * (n - base[qid]) / (n + base[qid])))
+            records.append(json.dumps({"question_id": qid, "model": model, "games": [
+                {"score": "B>A" if rng.rand() < p else "A>B"}, {"score": "A>B" if rng.rand() < p else "B>A"}]}))
+        (judgments / f"{model}.jsonl").write_text("\n".join(records) + "\n")
     run_eval("arena", "--judgments", judgments, "--rounds", "10", "-o", tmp_path / "plain")
     run_eval("arena", "--judgments", judgments, "--answers-dir", answers, "--style-control", "--rounds", "10",
              "-o", tmp_path / "styled")
 
-    def score(folder):
+    def spread(folder):
         board = json.loads((tmp_path / folder / "report.json").read_text())["leaderboard"]
-        return next(r["score"] for r in board if r["model"] == "ours")
+        scores = [r["score"] for r in board if r["model"] in scales]
+        return max(scores) - min(scores)
 
-    assert score("plain") > 55
-    assert abs(score("styled") - 50) < abs(score("plain") - 50) / 2
-    assert json.loads((tmp_path / "styled" / "report.json").read_text())["settings"]["style_control"] is True
+    assert spread("plain") > 30
+    assert spread("styled") < spread("plain") / 2
+    report = json.loads((tmp_path / "styled" / "report.json").read_text())
+    assert report["settings"]["style_control"] is True and report["deviations"] == []
 
 
 @pytest.mark.parametrize("text, message", [

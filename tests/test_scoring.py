@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from realign_data.engines.hf import HFEngine
 from realign_data.engines.openai_engine import OpenAIEngine
@@ -28,7 +28,8 @@ ITEMS = [ScoreItem(f"k{i}", [{"role": "user", "content": q}], a) for i, (q, a) i
 @pytest.mark.parametrize("text, rating", [
     ("Rating: 7", 7), ("rating:10", 10), ("Rating: **9**", 9), ("8", 8), ("  10 - excellent", 10),
     ("The answer deserves a Rating = 3 overall", 3), ("I cannot rate this", None), ("Rating: 11", None),
-    ("Rating: 0", None), ("7.5 out of 10", None),
+    ("Rating: 0", None), ("7.5 out of 10", None), ("Rating: 1.", 1), ("Rating: 1, fair", 1), ("Rating: 7/10", 7),
+    ("Rating: 7.5", None), ("Rating: 1.5", None), ("Rating: 10,5", None), ("Rating: 100", None),
 ])
 def test_parse_rating(text, rating):
     assert parse_rating(text) == rating
@@ -39,25 +40,36 @@ def judge(tiny_model_dir):
     return LogprobJudge(HFEngine(resolve_model(str(tiny_model_dir)), batch_size=3), TEMPLATE, "judge:tiny")
 
 
+def digit_led(tokenizer) -> list[int]:
+    return [i for i in range(len(tokenizer)) if tokenizer.decode([i])[:1] in set("0123456789")]
+
+
 def brute_force_expected_rating(judge, item):
-    """Ten separate forward passes: P(rating tokens), with "1" excluding "10", normalized over 1..10."""
+    """One unpadded forward pass per context on a digit-wise tokenizer: P(d) = P("d") * P(no digit after "d"),
+    P(10) = P("1") * P("0" | "1") * P(no digit after "1", "0"), normalized over 1..10."""
     engine = judge.engine
-    prompt = engine.encode(judge_messages(TEMPLATE, item)) + engine.tokenizer(RATING_PREFIX, add_special_tokens=False)[
+    tokenizer = engine.tokenizer
+    prompt = engine.encode(judge_messages(TEMPLATE, item)) + tokenizer(RATING_PREFIX, add_special_tokens=False)[
         "input_ids"]
-    probabilities = {}
-    with torch.no_grad():
-        for rating, tokens in judge.continuations.items():
-            ids = torch.tensor([prompt + list(tokens)])
-            logprobs = torch.log_softmax(engine.model(input_ids=ids).logits[0].float(), -1)
-            probabilities[rating] = math.exp(sum(logprobs[len(prompt) - 1 + k, t].item() for k, t in enumerate(tokens)))
-    for rating, tokens in judge.continuations.items():
-        longer = [r for r, t in judge.continuations.items() if len(t) > len(tokens) and t[:len(tokens)] == tokens]
-        probabilities[rating] -= sum(probabilities[r] for r in longer)
-    total = sum(probabilities.values())
-    return sum(r * p for r, p in probabilities.items()) / total
+    digit = {d: tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    led = digit_led(tokenizer)
+
+    def next_logprobs(context):
+        with torch.no_grad():
+            return torch.log_softmax(engine.model(input_ids=torch.tensor([prompt + context])).logits[0, -1].float(), -1)
+
+    def ends(context):
+        return 1 - next_logprobs(context)[led].exp().sum().item()
+
+    first = next_logprobs([])
+    probabilities = {d: first[digit[d]].exp().item() * ends([digit[d]]) for d in range(1, 10)}
+    probabilities[10] = (first[digit[1]] + next_logprobs([digit[1]])[digit[0]]).exp().item() * ends(
+        [digit[1], digit[0]])
+    return sum(r * p for r, p in probabilities.items()) / sum(probabilities.values())
 
 
-def test_logprob_judge_is_the_expected_rating(judge):
+def test_logprob_judge_is_the_expected_rating(judge, tokenizer):
+    assert [tokenizer.decode([i]) for i in digit_led(tokenizer)] == list("0123456789"), "digit-wise, digits only"
     scores = {s.key: s.score for s in judge.score(ITEMS)}
     for item in ITEMS:
         assert 1.0 <= scores[item.key] <= 10.0
@@ -66,9 +78,58 @@ def test_logprob_judge_is_the_expected_rating(judge):
     assert alone == pytest.approx(scores, abs=1e-5)
 
 
-def test_digit_wise_tokenizers_spell_ten_with_two_tokens(judge):
-    assert all(len(judge.continuations[r]) == 1 for r in range(1, 10))
-    assert judge.continuations[10][0] == judge.continuations[1][0] and len(judge.continuations[10]) == 2
+def constant_judge(path, tokenizer, probabilities: dict[str, float]) -> LogprobJudge:
+    """A real Llama that gives the same next-token distribution after any context: attention and MLP write
+    nothing and every token embeds alike. Tokens (by text) get the given probabilities; the rest share what is left."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).eval()
+    chosen = {tokenizer.convert_tokens_to_ids(text): p for text, p in probabilities.items()}
+    rest = (1 - sum(chosen.values())) / (len(tokenizer) - len(chosen))
+    logits = torch.full((len(tokenizer),), math.log(rest))
+    logits[list(chosen)] = torch.tensor([math.log(p) for p in chosen.values()])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(torch.randn(config.hidden_size).expand_as(model.model.embed_tokens.weight))
+        hidden = model.model.norm(model.model.embed_tokens.weight[0])
+        model.lm_head.weight.copy_(logits[:, None] * hidden[None, :] / hidden.dot(hidden))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return LogprobJudge(HFEngine(resolve_model(str(path)), batch_size=2), TEMPLATE, "judge:constant")
+
+
+def fresh_tokenizer(smollm2, *added):
+    tokenizer = load_tokenizer(smollm2)
+    tokenizer.add_tokens(list(added))
+    return tokenizer
+
+
+def test_a_rating_is_its_digits_then_no_digit_on_a_digit_wise_tokenizer(tmp_path, smollm2):
+    """After "1", "1" (eleven) is no rating and "0" makes it 10: with P("1") = .3, P("0") = .2, P("7") = .2 after
+    any context, P(1) = .3 (1 - D), P(7) = .2 (1 - D), P(10) = .3 * .2 * (1 - D), D the mass on digit tokens."""
+    tokenizer = fresh_tokenizer(smollm2)
+    judge = constant_judge(tmp_path, tokenizer, {"1": 0.3, "0": 0.2, "7": 0.2, ".": 0.1})
+    rest = 0.2 / (len(tokenizer) - 4)
+    weights = {1: 0.3, 7: 0.2, 10: 0.3 * 0.2, **{d: rest for d in (2, 3, 4, 5, 6, 8, 9)}}  # times (1 - D): cancels
+    expected = sum(r * w for r, w in weights.items()) / sum(weights.values())
+    mass = sum(weights.values()) * (1 - 0.7 - 7 * rest)
+    scores = list(judge.score(ITEMS[:3]))
+    assert [s.score for s in scores] == pytest.approx([expected] * 3, abs=1e-4)
+    assert all(s.detail == f"rating mass {mass:.3f}" for s in scores)
+
+
+def test_ten_as_one_token_or_two_both_count_as_ten(tmp_path, smollm2):
+    tokenizer = fresh_tokenizer(smollm2, "10")
+    assert tokenizer(RATING_PREFIX + "10", add_special_tokens=False)["input_ids"][-1] == len(tokenizer) - 1
+    judge = constant_judge(tmp_path, tokenizer, {"1": 0.3, "0": 0.2, "10": 0.1, "7": 0.2})
+    rest = 0.2 / (len(tokenizer) - 4)
+    weights = {1: 0.3, 7: 0.2, 10: 0.1 + 0.3 * 0.2, **{d: rest for d in (2, 3, 4, 5, 6, 8, 9)}}
+    expected = sum(r * w for r, w in weights.items()) / sum(weights.values())
+    assert next(judge.score(ITEMS[:1])).score == pytest.approx(expected, abs=1e-4)
 
 
 def test_reward_model_scores_batched_like_one_at_a_time(tiny_model_dir):

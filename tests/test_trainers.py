@@ -22,7 +22,7 @@ from realign_data.models import resolve_model
 from realign_data.store import Store
 from tests.helpers import pair_row, pair_table
 from trainers.config import DatasetInput, PolicyTrainConfig, ReviserTrainConfig
-from trainers.data import held_out_split, load_training_pairs
+from trainers.data import load_training_pairs
 from trainers.run import train
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_length": 64,
@@ -100,19 +100,51 @@ def test_reviser_sft_warmup_then_dpo(tmp_path, store, tiny_model_dir):
 
 def test_revision_weight_acts_by_sampling_proportion(store):
     inputs = [DatasetInput(ref="pairs@v1")]
-    base, _ = load_training_pairs(inputs, ["on_policy", "revision"], store, seed=0)
     for weight, expected in ((0.5, 6), (2.0, 24), (0.0, 0)):
-        data, _ = load_training_pairs(inputs, ["on_policy", "revision"], store, 0, {"revision": weight})
+        data, held_out, _ = load_training_pairs(inputs, ["on_policy", "revision"], store, 0,
+                                                type_weights={"revision": weight})
+        assert held_out is None
         assert data["pair_type"].count("revision") == expected and data["pair_type"].count("on_policy") == 12
-    doubled, _ = load_training_pairs([DatasetInput(ref="pairs@v1", weight=2.0)], ["on_policy"], store, 0)
-    assert len(doubled) == 2 * base["pair_type"].count("on_policy")
+    doubled, _, _ = load_training_pairs([DatasetInput(ref="pairs@v1", weight=2.0)], ["on_policy"], store, 0)
+    assert doubled["pair_type"].count("on_policy") == 24
 
 
 def test_held_out_split_never_shares_a_prompt(store):
-    data, _ = load_training_pairs([DatasetInput(ref="pairs@v1")], ["on_policy", "revision"], store, 0)
-    train_part, eval_part = held_out_split(data, 0.25, seed=0)
-    assert len(train_part) + len(eval_part) == len(data) and len(eval_part) > 0
+    train_part, eval_part, _ = load_training_pairs([DatasetInput(ref="pairs@v1")], ["on_policy", "revision"],
+                                                   store, 0, eval_fraction=0.25)
+    assert len(train_part) + len(eval_part) == 24 and len(eval_part) == 6  # 3 of the 12 prompts, 2 pairs each
     assert not set(train_part["prompt_id"]) & set(eval_part["prompt_id"])
+
+
+def pair_ids(data, source_rows) -> list[str]:
+    """The stored pair_id of every row of ``data`` (training columns only), looked up by the pair's content."""
+    by_content = {(r["prompt_id"], r["pair_type"], r["chosen"][0]["content"], r["rejected"][0]["content"]):
+                  r["pair_id"] for r in source_rows}
+    return sorted(by_content[(r["prompt_id"], r["pair_type"], r["chosen"][0]["content"], r["rejected"][0]["content"])]
+                  for r in data)
+
+
+def test_held_out_set_is_split_before_resampling_and_the_same_for_every_lambda(store):
+    """12 prompts with one on_policy and one revision pair each; 3 prompts (6 pairs) are held out."""
+    source = rows(36)
+    runs, held_out = {}, {}
+    for input_weight, revision_weight in ((1.0, None), (1.0, 0.0), (1.0, 1 / 3), (1.0, 2.0), (2.0, 1.0)):
+        train_part, eval_part, inputs = load_training_pairs(
+            [DatasetInput(ref="pairs@v1", weight=input_weight)], ["on_policy", "revision"], store, seed=0,
+            eval_fraction=0.25, type_weights=None if revision_weight is None else {"revision": revision_weight})
+        runs[input_weight, revision_weight] = train_part
+        held_out[input_weight, revision_weight] = held = tuple(pair_ids(eval_part, source))
+        assert len(held) == len(set(held)) == 6  # each held-out pair once, never resampled
+        assert len(set(eval_part["prompt_id"])) == 3 and not set(train_part["prompt_id"]) & set(eval_part["prompt_id"])
+        assert inputs[0]["eval_rows"] == 6 and inputs[0]["used_rows"] == 18 * input_weight + 6  # before lambda
+    # resampling acts on the 9 training prompts only: 9 on_policy and 9 revision pairs before weighting
+    for (input_weight, revision_weight), expected in (((1.0, None), (9, 9)), ((1.0, 0.0), (9, 0)),
+                                                      ((1.0, 1 / 3), (9, 3)), ((1.0, 2.0), (9, 18)),
+                                                      ((2.0, 1.0), (18, 18))):
+        types = runs[input_weight, revision_weight]["pair_type"]
+        assert (types.count("on_policy"), types.count("revision")) == expected
+    assert len(set(held_out.values())) == 1  # the same pairs whatever lambda and the input weight
+    assert not set(pair_ids(runs[1.0, 2.0], source)) & set(held_out[1.0, 2.0])
 
 
 def bad_file(tmp_path, name, table):

@@ -11,9 +11,10 @@ from typing import Any
 
 import datasets
 import pyarrow.parquet as pq
+from trl.data_utils import common_prefix_length
 
 from realign_data.errors import InputError
-from realign_data.models import sha256_file
+from realign_data.models import chat_template_sha256, prompt_token_ids, sha256_file, token_ids_sha256
 from realign_data.schema import PAIR_TYPES
 from realign_data.store import Store
 from trainers.config import DatasetInput
@@ -58,13 +59,34 @@ def resample(dataset: datasets.Dataset, factor: float, seed: int) -> datasets.Da
     return dataset.select(indices)
 
 
+def held_out_prompts(prompt_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """About ``fraction`` of the distinct prompts (at least one, never all), ranked by a seeded hash of the prompt
+    id: the same prompts for the same data and seed, whatever the weights."""
+    if fraction <= 0:
+        return set()
+    prompts = sorted(set(prompt_ids), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    if len(prompts) < 2:
+        raise InputError(f"held-out split needs at least 2 prompts, found {len(prompts)}; set eval_fraction=0")
+    return set(prompts[:min(len(prompts) - 1, max(1, round(fraction * len(prompts))))])
+
+
+def _rows_where(dataset: datasets.Dataset, held: set[str], inside: bool) -> datasets.Dataset:
+    return dataset.select([i for i, p in enumerate(dataset["prompt_id"]) if (p in held) == inside])
+
+
 def load_training_pairs(inputs: list[DatasetInput], pair_types: list[str], store: Store, seed: int,
-                        type_weights: dict[str, float] | None = None) -> tuple[datasets.Dataset, list[dict]]:
-    """Concatenate the inputs' rows of ``pair_types``, weighted; refuse bad data with the reason."""
+                        eval_fraction: float = 0.0, type_weights: dict[str, float] | None = None) \
+        -> tuple[datasets.Dataset, datasets.Dataset | None, list[dict]]:
+    """The inputs' rows of ``pair_types``, split by prompt into (train, held-out), and their provenance.
+
+    The split comes first, over every pair as stored: the held-out set is the same for any input weight or
+    ``type_weights`` (lambda), each of its pairs once, and never shares a prompt with training. Only the training
+    side is then resampled (input weights, then type weights) and shuffled. Bad data is refused with the reason.
+    """
     if not inputs:
         raise InputError("no training data: pass --dataset NAME@vN (repeatable) or `datasets:` in the manifest")
-    parts, provenance = [], []
-    for index, item in enumerate(inputs):
+    pools, provenance = [], []
+    for item in inputs:
         files, info = _files_of(item.ref, store)
         data = _load(files, item.ref)
         missing = [c for c in REQUIRED if c not in data.column_names]
@@ -81,47 +103,73 @@ def load_training_pairs(inputs: list[DatasetInput], pair_types: list[str], store
         if len(wanted) == 0:
             found = ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
             raise InputError(f"{item.ref}: no {' or '.join(pair_types)} pairs to train on (it has {found})")
-        wanted = resample(wanted.select_columns([*TRAINING_COLUMNS, "pair_type", "prompt_id"]), item.weight,
-                          seed + index)
-        parts.append(wanted)
-        provenance.append({**info, "weight": item.weight, "rows": dict(sorted(counts.items())),
-                           "used_rows": len(wanted)})
-    combined = datasets.concatenate_datasets(parts)
+        pools.append(wanted.select_columns(list(REQUIRED)))
+        provenance.append({**info, "weight": item.weight, "rows": dict(sorted(counts.items()))})
+    held = held_out_prompts([p for pool in pools for p in pool["prompt_id"]], eval_fraction, seed)
+    train_parts, eval_parts = [], []
+    for index, (pool, info) in enumerate(zip(pools, provenance, strict=True)):
+        train_parts.append(resample(_rows_where(pool, held, False), info["weight"], seed + index))
+        eval_parts.append(_rows_where(pool, held, True))
+        info.update(used_rows=len(train_parts[-1]) + len(eval_parts[-1]), eval_rows=len(eval_parts[-1]))
+    train = datasets.concatenate_datasets(train_parts)
     for pair_type, weight in (type_weights or {}).items():
-        chosen = combined.filter(lambda row, t=pair_type: row["pair_type"] == t)
-        others = combined.filter(lambda row, t=pair_type: row["pair_type"] != t)
-        combined = datasets.concatenate_datasets([others, resample(chosen, weight, seed)])
-    if len(combined) == 0:
+        chosen = train.filter(lambda row, t=pair_type: row["pair_type"] == t)
+        others = train.filter(lambda row, t=pair_type: row["pair_type"] != t)
+        train = datasets.concatenate_datasets([others, resample(chosen, weight, seed)])
+    if len(train) == 0:
         raise InputError("no training pairs left after weighting (is revision_weight 0 with only revision pairs?)")
-    return combined, provenance
-
-
-def held_out_split(dataset: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset,
-                                                                                    datasets.Dataset | None]:
-    """Split by prompt (never the same prompt on both sides): about ``fraction`` of prompts go to eval."""
-    if fraction <= 0:
-        return dataset.shuffle(seed=seed), None
-    prompts = sorted(set(dataset["prompt_id"]), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    if len(prompts) < 2:
-        raise InputError(f"held-out split needs at least 2 prompts, found {len(prompts)}; set eval_fraction=0")
-    held = set(prompts[:max(1, round(fraction * len(prompts)))])
-    train = dataset.filter(lambda row: row["prompt_id"] not in held).shuffle(seed=seed)
-    return train, dataset.filter(lambda row: row["prompt_id"] in held)
+    return train.shuffle(seed=seed), datasets.concatenate_datasets(eval_parts) if held else None, provenance
 
 
 def truncation_report(data: datasets.Dataset, tokenizer, max_length: int) -> dict[str, int]:
-    """How many pairs exceed ``max_length`` tokens; refuses data where every prompt alone is too long."""
-    fully = partly = 0
+    """Token counts as TRL's DPOTrainer takes them: the prompt alone (with the generation prompt) and the whole
+    conversation, the response starting where the two token sequences diverge.
+
+    Counts pairs whose prompt reaches ``max_length`` (TRL drops them), pairs whose response is cut, and pairs whose
+    prompt is cut short at that divergence (``prompt_cut``: TRL then trains on other prompt tokens than the policy
+    was sampled with, because the template renders the prompt otherwise when a response follows, or tokens merge
+    across the boundary). Refuses data where every prompt alone is too long."""
+    fully = partly = cut = 0
     shortest = None
     for row in data:
-        prompt = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"])
-        longest = max(len(tokenizer(m[0]["content"], add_special_tokens=False)["input_ids"])
-                      for m in (row["chosen"], row["rejected"]))
-        shortest = prompt if shortest is None else min(shortest, prompt)
-        fully += prompt >= max_length
-        partly += prompt < max_length < prompt + longest
+        prompt = prompt_token_ids(tokenizer, row["prompt"])
+        whole = [tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)["input_ids"]
+                 for side in ("chosen", "rejected")]
+        kept = min(common_prefix_length(prompt, ids) for ids in whole)
+        shortest = kept if shortest is None else min(shortest, kept)
+        cut += kept < len(prompt)
+        fully += kept >= max_length
+        partly += kept < max_length < max(len(ids) for ids in whole)
     if data.num_rows and fully == data.num_rows:
         raise InputError(f"every training prompt is at least max_length={max_length} tokens (shortest: {shortest});"
                          " raise max_length, or the responses would be cut away entirely")
-    return {"pairs": data.num_rows, "prompt_over_max_length": fully, "response_truncated": partly}
+    return {"pairs": data.num_rows, "prompt_over_max_length": fully, "response_truncated": partly,
+            "prompt_cut": cut}
+
+
+def prompt_rendering_check(inputs: list[dict], tokenizer) -> list[dict[str, Any]]:
+    """Per input built by ``realign-data build``: are the training tokenizer's prompt tokens those the policy was
+    sampled with? Compares the sha256 of the token ids of the build's probe prompt (and of the chat template, where
+    the build knew it); a ``warning`` says what differs or could not be checked."""
+    checks = []
+    for info in inputs:
+        record = info.get("models", {}).get("policy", {}).get("prompt_rendering")
+        if record is None:  # a pair file, or a version written by other means: nothing to compare with
+            continue
+        probe = record["probe"]
+        ids = prompt_token_ids(tokenizer, probe["messages"])
+        same = None if probe["token_ids_sha256"] is None else token_ids_sha256(ids) == probe["token_ids_sha256"]
+        template = record["chat_template_sha256"]
+        check = {"ref": info["ref"], "engine": record["engine"], "rendered_by": record["rendered_by"],
+                 "probe_prompt_id": probe["prompt_id"], "same_prompt_tokens": same,
+                 "same_chat_template": None if template is None else template == chat_template_sha256(tokenizer)}
+        if same is None:
+            check["warning"] = (f"{info['ref']}: cannot check that training sees the prompt tokens the policy was "
+                                f"sampled with: {record.get('note', 'no probe tokens recorded')}")
+        elif not same:
+            check["warning"] = (f"{info['ref']}: the training tokenizer renders prompts into other tokens than the "
+                                f"policy was sampled with ({record['rendered_by']}; probe prompt "
+                                f"{probe['prompt_id'][:12]}: {probe['tokens']} tokens then, {len(ids)} now); its "
+                                "on-policy pairs are not on-policy for this model")
+        checks.append(check)
+    return checks

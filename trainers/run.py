@@ -8,6 +8,7 @@ the model resolver and every engine; ``checkpoints/`` for ``--resume``; ``traini
 from __future__ import annotations
 
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from realign_data.models import load_tokenizer, pick_device, pick_dtype, resolve
 from realign_data.provenance import code_provenance, utc_now
 from realign_data.store import Store, write_json
 from trainers.config import PolicyTrainConfig, ReviserTrainConfig, TrainConfig
-from trainers.data import held_out_split, load_training_pairs, truncation_report
+from trainers.data import load_training_pairs, prompt_rendering_check, truncation_report
 from trainers.report import plot_curves
 
 
@@ -134,11 +135,19 @@ def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, 
     if output.exists() and not resume and any(output.iterdir()):
         raise InputError(f"{output} is not empty; pass --resume to continue the run that left it there")
     type_weights = {"revision": config.revision_weight} if isinstance(config, PolicyTrainConfig) else None
-    pairs, inputs = load_training_pairs(config.datasets, config.pair_types, store, config.seed, type_weights)
+    train_data, eval_data, inputs = load_training_pairs(config.datasets, config.pair_types, store, config.seed,
+                                                        config.eval_fraction, type_weights)
     start_model = resolve_model(config.model.spec)  # after the data checks: a conversion takes a while
-    train_data, eval_data = held_out_split(pairs, config.eval_fraction, config.seed)
     tokenizer = load_tokenizer(start_model)
     truncation = truncation_report(train_data, tokenizer, config.max_length)
+    rendering = prompt_rendering_check(inputs, tokenizer) if "on_policy" in config.pair_types else []
+    warnings = [check["warning"] for check in rendering if "warning" in check]
+    if truncation["prompt_cut"]:
+        warnings.append(f"{truncation['prompt_cut']} of {truncation['pairs']} training prompts render into other "
+                        "tokens when a response follows (the chat template, or tokens merging at the boundary): TRL "
+                        "cuts them where they diverge, so it trains on other prompt tokens than generation used")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     output.mkdir(parents=True, exist_ok=True)
     started = utc_now()
 
@@ -163,6 +172,7 @@ def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, 
         "inputs": inputs, "rows": {"train": len(train_data), "eval": len(eval_data) if eval_data else 0,
                                    "train_by_pair_type": dict(sorted(_count(train_data).items())),
                                    "truncation": truncation},
+        "prompt_rendering": rendering, "warnings": warnings,
         "model_in": start_model.provenance(), "model_out": trained.provenance(),
         "config": config_to_dict(config), "seed": config.seed,
         "metrics": {"global_step": result.global_step, "train_loss": result.training_loss,

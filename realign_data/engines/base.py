@@ -10,7 +10,12 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings; ``temperature == 0`` means greedy decoding."""
+    """Per-request sampling settings; ``temperature == 0`` means greedy decoding.
+
+    Every engine applies exactly these knobs, never a checkpoint's or server's own defaults, in vLLM's order:
+    repetition penalty on the raw logits, then temperature, then min-p, top-k and top-p; the sample is drawn from
+    what remains. ``top_k == 0``, ``min_p == 0`` and ``repetition_penalty == 1`` switch their knob off.
+    """
 
     n: int = 1
     temperature: float = 0.8
@@ -18,6 +23,10 @@ class SamplingParams:
     max_new_tokens: int = 128
     seed: int = 0
     stop: tuple[str, ...] = ()
+    top_k: int = 0  # > 0: sample only among the k likeliest tokens
+    min_p: float = 0.0  # > 0: drop tokens less likely than min_p times the likeliest one (after temperature)
+    repetition_penalty: float = 1.0  # > 1: divide positive / multiply negative logits of tokens already in the text
+    top_logprobs: int = 0  # > 0: return, for every generated token, the log-probabilities of the k likeliest tokens
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -31,11 +40,22 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its log-probability under the model (before temperature or top-p), and the
+    ``top_logprobs`` likeliest alternatives at that step as (token text, log-probability), likeliest first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when asked (top_logprobs > 0) and the engine could give them
 
 
 @dataclass

@@ -4,6 +4,10 @@ Requests run concurrently (bounded by ``concurrency``) and are spread round-robi
 (e.g. one per vLLM replica). 429s, 5xx, timeouts, connection errors and malformed bodies are retried with
 exponential backoff and full jitter; requests that still fail are yielded with their error and counted, never
 dropped. Servers that ignore ``n`` are asked again until each request has its ``n`` completions.
+
+``top_k``, ``min_p`` and ``repetition_penalty`` are not OpenAI API fields: they are sent in the request body only
+when set to something other than off (0, 0, 1), which vLLM and SGLang servers honour and OpenAI's hosted API
+rejects as unknown. ``top_logprobs > 0`` asks for ``logprobs``; a server that sends none leaves them ``None``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from collections.abc import Iterator
 import openai
 
 from realign_data.config import NO_BASE_URLS
-from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
+from realign_data.engines.base import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    SamplingParams,
+    TokenLogprob,
+)
 from realign_data.engines.hf import row_seed
 from realign_data.errors import InputError
 
@@ -131,9 +142,11 @@ class OpenAIEngine:
     async def _call(self, client: openai.AsyncOpenAI, request: GenerationRequest, n: int, seed: int) \
             -> list[Completion]:
         params = request.params
+        logprob_fields = {"logprobs": True, "top_logprobs": params.top_logprobs} if params.top_logprobs > 0 else {}
         response = await client.chat.completions.create(
             model=self.model, messages=request.messages, n=n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None)
+            max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None,
+            extra_body=server_sampling_fields(params) or None, **logprob_fields)
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise MalformedResponse("no choices in the response body")
@@ -146,5 +159,26 @@ class OpenAIEngine:
             if not isinstance(content, str):
                 raise MalformedResponse("a choice has no message content")
             finish = "length" if getattr(choice, "finish_reason", None) == "length" else "stop"
-            completions.append(Completion(content.strip(), prompt_tokens, completion_tokens, finish))
+            tokens = getattr(getattr(choice, "logprobs", None), "content", None) if logprob_fields else None
+            completions.append(Completion(content.strip(), prompt_tokens, completion_tokens, finish,
+                                          parse_logprobs(tokens, params.top_logprobs) if tokens else None))
         return completions
+
+
+def server_sampling_fields(params: SamplingParams) -> dict:
+    """The sampling knobs outside the OpenAI API, for vLLM/SGLang servers; only those switched on."""
+    off = SamplingParams()
+    return {name: getattr(params, name) for name in ("top_k", "min_p", "repetition_penalty")
+            if getattr(params, name) != getattr(off, name)}
+
+
+def parse_logprobs(tokens: list, k: int) -> tuple[TokenLogprob, ...]:
+    """``choice.logprobs.content`` as TokenLogprob entries (k alternatives, likeliest first); a malformed entry
+    makes the body malformed."""
+    try:
+        return tuple(TokenLogprob(entry.token, float(entry.logprob),
+                                  tuple(sorted(((alt.token, float(alt.logprob)) for alt in entry.top_logprobs or ()),
+                                               key=lambda alt: -alt[1])[:k]))
+                     for entry in tokens)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedResponse(f"unusable logprobs in a choice: {exc}") from None

@@ -1,11 +1,14 @@
-"""The in-process vLLM engine (optional extra ``vllm``; CUDA only): tensor parallelism and per-request seeds."""
+"""The in-process vLLM engine (optional extra ``vllm``; CUDA only): tensor parallelism and per-request seeds.
+
+Logprobs are vLLM's default raw ones: under the model's logits before penalties, temperature and filters.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
 
-from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress
+from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress, TokenLogprob
 from realign_data.engines.hf import row_seed
 from realign_data.errors import RealignError
 from realign_data.models import ResolvedModel, resolve_model
@@ -34,12 +37,28 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSampling
 
         sampling = [VLLMSampling(n=r.params.n, temperature=r.params.temperature, top_p=r.params.top_p,
+                                 top_k=r.params.top_k or -1, min_p=r.params.min_p,
+                                 repetition_penalty=r.params.repetition_penalty,
                                  max_tokens=r.params.max_new_tokens, stop=list(r.params.stop) or None,
+                                 logprobs=r.params.top_logprobs or None,
                                  seed=row_seed(r.params.seed, r.request_id, 0)) for r in requests]
         outputs = self.llm.chat([r.messages for r in requests], sampling, use_tqdm=False)
         for request, output in zip(requests, outputs, strict=True):
+            k = request.params.top_logprobs
             completions = [Completion(c.text.strip(), len(output.prompt_token_ids), len(c.token_ids),
-                                      "length" if c.finish_reason == "length" else "stop") for c in output.outputs]
+                                      "length" if c.finish_reason == "length" else "stop",
+                                      token_logprobs(c.token_ids, c.logprobs, k) if k and c.logprobs else None)
+                           for c in output.outputs]
             if progress:
                 progress(1)
             yield GenerationResult(request.request_id, completions)
+
+
+def token_logprobs(token_ids, steps, k: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-step {token id: Logprob} (the k likeliest plus the chosen one) as TokenLogprob entries."""
+    entries = []
+    for token, step in zip(token_ids, steps, strict=True):
+        top = sorted(step.values(), key=lambda logprob: logprob.rank)[:k]
+        entries.append(TokenLogprob(step[token].decoded_token, step[token].logprob,
+                                    tuple((alt.decoded_token, alt.logprob) for alt in top)))
+    return tuple(entries)
