@@ -20,13 +20,18 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/realign-data build
 
-# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+# pytest exits 5 when it collected no test: that is a failure here, never a pass. The tests run in
+# $(TEST_WORKERS) processes (pytest-xdist), one compute thread each; TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS); status=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
+# ruff (lint and format) and mypy, as CI runs them; `pre-commit install` runs the same on every commit.
 lint: setup
-	$(VENV)/bin/ruff check realign_data trainers evaluation tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/store_scale.py

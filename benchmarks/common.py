@@ -32,7 +32,7 @@ def compare(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool =
     times: dict[str, list[float]] = {name: [] for name in sides}
     names = list(sides)
     for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(seconds(sides[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -55,8 +55,11 @@ def plain_chat_calls(url: str, prompts: list[str], concurrency: int, max_tokens:
         async def one(prompt: str) -> str:
             async with limit:
                 response = await client.chat.completions.create(
-                    model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                    temperature=0.7)
+                    model="bench",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=max_tokens,
+                    temperature=0.7,
+                )
                 return response.choices[0].message.content
 
         try:
@@ -75,8 +78,12 @@ class LatencyServer:
         import sys
         from pathlib import Path
 
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--latency", str(latency)],
-                                        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.openai_server", "--latency", str(latency)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.url = self.process.stdout.readline().strip()
 
     def __enter__(self) -> LatencyServer:

@@ -34,15 +34,24 @@ def plain_generate(engine: HFEngine, conversations, batch_size: int, params: Sam
     """Batches of ``batch_size`` in the given order through ``model.generate``; returns the tokens produced."""
     tokenizer, model = engine.tokenizer, engine.model
     tokenizer.padding_side = "left"
-    sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0} \
-        if params.temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        if params.temperature > 0
+        else {"do_sample": False}
+    )
     produced = 0
     for start in range(0, len(conversations), batch_size):
-        batch = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
-                                              padding=True, return_tensors="pt", return_dict=True).to(model.device)
-        output = model.generate(**batch, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
-        produced += int((output[:, batch["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum())
+        batch = tokenizer.apply_chat_template(
+            conversations[start : start + batch_size],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        ).to(model.device)
+        output = model.generate(
+            **batch, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+        )
+        produced += int((output[:, batch["input_ids"].shape[1] :] != tokenizer.pad_token_id).sum())
     return produced
 
 
@@ -57,26 +66,37 @@ def main() -> None:
     conversations = mixed_length_prompts(args.prompts)
     lengths = [len(engine.encode(c)) for c in conversations]
     by_length = [conversations[i] for i in sorted(range(len(conversations)), key=lengths.__getitem__)]
-    print(f"model {args.model}  prompts {len(conversations)} (tokens {min(lengths)}-{max(lengths)})  "
-          f"batch {args.batch_size}  max_new_tokens {args.max_new_tokens}  threads {torch.get_num_threads()}  "
-          f"median of {args.repeats}")
+    print(
+        f"model {args.model}  prompts {len(conversations)} (tokens {min(lengths)}-{max(lengths)})  "
+        f"batch {args.batch_size}  max_new_tokens {args.max_new_tokens}  threads {torch.get_num_threads()}  "
+        f"median of {args.repeats}"
+    )
     figures: dict[str, float] = {}
     for mode, temperature in (("greedy", 0.0), ("sampled", 0.8)):
         params = SamplingParams(n=1, temperature=temperature, top_p=0.95, max_new_tokens=args.max_new_tokens)
         requests = [GenerationRequest(str(i), c, params) for i, c in enumerate(conversations)]
-        times = compare({
-            "engine": lambda requests=requests: list(engine.generate(requests)),
-            "plain_sorted": lambda params=params: plain_generate(engine, by_length, args.batch_size, params),
-            "plain_given_order": lambda params=params: plain_generate(engine, conversations, args.batch_size, params),
-        }, args.repeats)
+        times = compare(
+            {
+                "engine": lambda requests=requests: list(engine.generate(requests)),
+                "plain_sorted": lambda params=params: plain_generate(engine, by_length, args.batch_size, params),
+                "plain_given_order": lambda params=params: plain_generate(
+                    engine, conversations, args.batch_size, params
+                ),
+            },
+            args.repeats,
+        )
         for side, seconds in times.items():
             figures[f"{mode}_{side}_s"] = seconds
         figures[f"{mode}_ratio_vs_sorted"] = times["engine"] / times["plain_sorted"]
         figures[f"{mode}_ratio_vs_given_order"] = times["engine"] / times["plain_given_order"]
-        print(f"{mode:8s} engine {times['engine']:.2f} s, plain sorted {times['plain_sorted']:.2f} s, plain in "
-              f"given order {times['plain_given_order']:.2f} s")
-        print(f"{'':8s} ratio vs sorted {figures[f'{mode}_ratio_vs_sorted']:.3f} (target <= 1.05), "
-              f"vs given order {figures[f'{mode}_ratio_vs_given_order']:.3f}")
+        print(
+            f"{mode:8s} engine {times['engine']:.2f} s, plain sorted {times['plain_sorted']:.2f} s, plain in "
+            f"given order {times['plain_given_order']:.2f} s"
+        )
+        print(
+            f"{'':8s} ratio vs sorted {figures[f'{mode}_ratio_vs_sorted']:.3f} (target <= 1.05), "
+            f"vs given order {figures[f'{mode}_ratio_vs_given_order']:.3f}"
+        )
     finish(figures, args.json)
 
 

@@ -32,6 +32,7 @@ def main() -> None:
     figures: dict[str, float] = {}
     fresh = itertools.count()
     with LatencyServer(args.latency) as server, tempfile.TemporaryDirectory() as scratch:
+
         def judged(items: dict, concurrency: int) -> CachedJudge:
             engine = OpenAIEngine("judge", [server.url], concurrency=concurrency, timeout_s=30)
             judge = CachedJudge(engine, "judge", Path(scratch) / f"cache-{next(fresh)}.sqlite")
@@ -42,14 +43,25 @@ def main() -> None:
             count = concurrency * args.waves
             prompts = [f"Compare the two answers to question {i}." for i in range(count)]
             items = {f"q{i}": [{"role": "user", "content": p}] for i, p in enumerate(prompts)}
-            times = compare({"judge": lambda items=items, c=concurrency: judged(items, c),
-                             "plain": lambda prompts=prompts, c=concurrency: plain_chat_calls(server.url, prompts, c)},
-                            args.repeats)
+            times = compare(
+                {
+                    "judge": lambda items=items, c=concurrency: judged(items, c),
+                    "plain": lambda prompts=prompts, c=concurrency: plain_chat_calls(server.url, prompts, c),
+                },
+                args.repeats,
+            )
             ratio = times["judge"] / times["plain"]
-            figures.update({f"c{concurrency}_judge_s": times["judge"], f"c{concurrency}_plain_s": times["plain"],
-                            f"c{concurrency}_ratio": ratio})
-            print(f"concurrency {concurrency:2d}: {count} items, judge {times['judge']:.2f} s "
-                  f"({count / times['judge']:.1f} items/s), plain {times['plain']:.2f} s, ratio {ratio:.3f}")
+            figures.update(
+                {
+                    f"c{concurrency}_judge_s": times["judge"],
+                    f"c{concurrency}_plain_s": times["plain"],
+                    f"c{concurrency}_ratio": ratio,
+                }
+            )
+            print(
+                f"concurrency {concurrency:2d}: {count} items, judge {times['judge']:.2f} s "
+                f"({count / times['judge']:.1f} items/s), plain {times['plain']:.2f} s, ratio {ratio:.3f}"
+            )
             judge = judged(items, concurrency)
             calls = judge.counts["calls"]
             start = time.perf_counter()

@@ -28,19 +28,31 @@ def main() -> None:
         for concurrency in args.concurrency:
             count = concurrency * args.waves
             prompts = [f"q{i}" for i in range(count)]
-            requests = [GenerationRequest(f"r{i}", [{"role": "user", "content": p}], params)
-                        for i, p in enumerate(prompts)]
+            requests = [
+                GenerationRequest(f"r{i}", [{"role": "user", "content": p}], params) for i, p in enumerate(prompts)
+            ]
             engine = OpenAIEngine("bench", [server.url], concurrency=concurrency, timeout_s=30)
-            times = compare({"engine": lambda engine=engine, requests=requests: list(engine.generate(requests)),
-                             "plain": lambda prompts=prompts, c=concurrency: plain_chat_calls(server.url, prompts, c)},
-                            args.repeats)
+            times = compare(
+                {
+                    "engine": lambda engine=engine, requests=requests: list(engine.generate(requests)),
+                    "plain": lambda prompts=prompts, c=concurrency: plain_chat_calls(server.url, prompts, c),
+                },
+                args.repeats,
+            )
             ratio, ideal = times["engine"] / times["plain"], count * args.latency / concurrency  # ideal seconds
-            figures.update({f"c{concurrency}_engine_s": times["engine"], f"c{concurrency}_plain_s": times["plain"],
-                            f"c{concurrency}_ratio": ratio, f"c{concurrency}_engine_share_of_ideal": ideal
-                            / times["engine"]})
-            print(f"concurrency {concurrency:3d}: {count} requests, engine {times['engine']:.2f} s, plain "
-                  f"{times['plain']:.2f} s, ratio {ratio:.3f} (target <= 1.05); engine at "
-                  f"{100 * ideal / times['engine']:5.1f} % of ideal; failed {engine.stats['failed']}")
+            figures.update(
+                {
+                    f"c{concurrency}_engine_s": times["engine"],
+                    f"c{concurrency}_plain_s": times["plain"],
+                    f"c{concurrency}_ratio": ratio,
+                    f"c{concurrency}_engine_share_of_ideal": ideal / times["engine"],
+                }
+            )
+            print(
+                f"concurrency {concurrency:3d}: {count} requests, engine {times['engine']:.2f} s, plain "
+                f"{times['plain']:.2f} s, ratio {ratio:.3f} (target <= 1.05); engine at "
+                f"{100 * ideal / times['engine']:5.1f} % of ideal; failed {engine.stats['failed']}"
+            )
     finish(figures, args.json)
 
 

@@ -25,8 +25,10 @@ from common import arguments, compare, finish
 from realign_data.schema import MESSAGE, PAIR_SCHEMA, PAIR_TYPES
 from realign_data.store import Store
 
-WORDS = np.array("the model answer prompt revise draft better clear step reason because data small align policy "
-                 "score judge reward sample token list write code function value explain simple result".split())
+WORDS = np.array(
+    "the model answer prompt revise draft better clear step reason because data small align policy "
+    "score judge reward sample token list write code function value explain simple result".split()
+)
 
 
 def text_pool(rng: np.random.Generator, size: int, mean_words: int) -> pa.Array:
@@ -51,26 +53,33 @@ def synthetic_batches(rows: int, batch_rows: int, seed: int = 0):
         chosen_score = rng.normal(7, 1.5, n)
         rejected_score = chosen_score - rng.exponential(1.5, n)
         pair_type = np.array(PAIR_TYPES)[rng.choice(4, n, p=[0.5, 0.3, 0.1, 0.1])]
-        yield pa.table({
-            "prompt": conversation("user", prompts.take(pa.array(prompt_index % len(prompts)))),
-            "chosen": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
-            "rejected": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
-            "pair_id": pa.array([f"pair-{i:010d}" for i in index]),
-            "prompt_id": pa.array([f"prompt-{i:010d}" for i in prompt_index]),
-            "pair_type": pa.array(pair_type),
-            "chosen_score": chosen_score, "rejected_score": rejected_score,
-            "margin": chosen_score - rejected_score,
-            "chosen_source": pa.array(["sample"] * n), "rejected_source": pa.array(["sample"] * n),
-            "policy_model": pa.array(["bench-policy"] * n), "reviser_model": pa.array(["bench-reviser"] * n),
-            "scorer": pa.array(["reward:bench"] * n), "sample_params": pa.array([params] * n),
-        }, schema=PAIR_SCHEMA)
+        yield pa.table(
+            {
+                "prompt": conversation("user", prompts.take(pa.array(prompt_index % len(prompts)))),
+                "chosen": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
+                "rejected": conversation("assistant", answers.take(pa.array(rng.integers(0, len(answers), n)))),
+                "pair_id": pa.array([f"pair-{i:010d}" for i in index]),
+                "prompt_id": pa.array([f"prompt-{i:010d}" for i in prompt_index]),
+                "pair_type": pa.array(pair_type),
+                "chosen_score": chosen_score,
+                "rejected_score": rejected_score,
+                "margin": chosen_score - rejected_score,
+                "chosen_source": pa.array(["sample"] * n),
+                "rejected_source": pa.array(["sample"] * n),
+                "policy_model": pa.array(["bench-policy"] * n),
+                "reviser_model": pa.array(["bench-reviser"] * n),
+                "scorer": pa.array(["reward:bench"] * n),
+                "sample_params": pa.array([params] * n),
+            },
+            schema=PAIR_SCHEMA,
+        )
 
 
 QUERIES = {
     "count by pair_type": "SELECT pair_type, count(*) FROM {pairs} GROUP BY 1 ORDER BY 1",
     "margin quantiles": "SELECT pair_type, quantile_cont(margin, [0.1, 0.5, 0.9]) FROM {pairs} GROUP BY 1 ORDER BY 1",
     "join on prompt_id": "SELECT count(*), avg(r.margin - o.margin) FROM {pairs} o JOIN {pairs} r USING (prompt_id) "
-                         "WHERE o.pair_type = 'on_policy' AND r.pair_type = 'revision'",
+    "WHERE o.pair_type = 'on_policy' AND r.pair_type = 'revision'",
 }
 
 
@@ -96,27 +105,48 @@ def main() -> None:
 
     try:
         plain(args.batch_rows), store(args.batch_rows)  # warm-up: imports, caches, the first catalog
-        write = compare({"store": lambda: store(args.rows), "plain": lambda: plain(args.rows)}, args.repeats,
-                        warmup=False)
+        write = compare(
+            {"store": lambda: store(args.rows), "plain": lambda: plain(args.rows)}, args.repeats, warmup=False
+        )
         target, version = store(args.rows)
         baseline = plain(args.rows)
-        size = sum(f["bytes"] for f in version.manifest["files"])
-        figures = {"rows": args.rows, "shards": len(version.files), "bytes": size,
-                   "write_s": write["store"], "write_plain_s": write["plain"],
-                   "write_ratio": write["store"] / write["plain"]}
-        print(f"rows: {args.rows:,}  shards: {len(version.files)}  bytes: {size:,}  "
-              f"(median of {args.repeats}, after a warm-up)")
-        print(f"write: store {write['store']:.1f} s, plain pyarrow zstd {write['plain']:.1f} s, "
-              f"ratio {figures['write_ratio']:.2f} (target: <= 60 s)")
+        size = sum(f["bytes"] for f in version.record["files"])
+        figures = {
+            "rows": args.rows,
+            "shards": len(version.files),
+            "bytes": size,
+            "write_s": write["store"],
+            "write_plain_s": write["plain"],
+            "write_ratio": write["store"] / write["plain"],
+        }
+        print(
+            f"rows: {args.rows:,}  shards: {len(version.files)}  bytes: {size:,}  "
+            f"(median of {args.repeats}, after a warm-up)"
+        )
+        print(
+            f"write: store {write['store']:.1f} s, plain pyarrow zstd {write['plain']:.1f} s, "
+            f"ratio {figures['write_ratio']:.2f} (target: <= 60 s)"
+        )
         for name, sql in QUERIES.items():
-            timed = compare({"store": lambda sql=sql: target.query(sql.format(pairs="pairs")),
-                             "plain": lambda sql=sql: duckdb.sql(sql.format(
-                                 pairs=f"read_parquet('{baseline}')")).fetchall()}, max(args.repeats, 5))
+            timed = compare(
+                {
+                    "store": lambda sql=sql: target.query(sql.format(pairs="pairs")),
+                    "plain": lambda sql=sql: duckdb.sql(sql.format(pairs=f"read_parquet('{baseline}')")).fetchall(),
+                },
+                max(args.repeats, 5),
+            )
             key = name.replace(" ", "_")
-            figures.update({f"query_{key}_s": timed["store"], f"query_{key}_plain_s": timed["plain"],
-                            f"query_{key}_ratio": timed["store"] / timed["plain"]})
-            print(f"query {name}: store {timed['store']:.3f} s, plain duckdb on the file {timed['plain']:.3f} s, "
-                  f"ratio {timed['store'] / timed['plain']:.2f} (target: <= 2 s)")
+            figures.update(
+                {
+                    f"query_{key}_s": timed["store"],
+                    f"query_{key}_plain_s": timed["plain"],
+                    f"query_{key}_ratio": timed["store"] / timed["plain"],
+                }
+            )
+            print(
+                f"query {name}: store {timed['store']:.3f} s, plain duckdb on the file {timed['plain']:.3f} s, "
+                f"ratio {timed['store'] / timed['plain']:.2f} (target: <= 2 s)"
+            )
         figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"peak RSS: {figures['peak_rss_gib']:.2f} GiB (target: <= 3 GiB)")
         finish(figures, args.json)

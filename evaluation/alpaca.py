@@ -42,8 +42,16 @@ MODES = ("logprobs", "discrete")
 SWITCH_FIELD = "is_switched_outputs"  # alpaca_eval's name for "output_1 and output_2 were shown swapped"
 # completions_kwargs of openai_completions that realign applies; the others change only the speed, the price
 # estimate or which server is called (the judge's server is --judge-base-url)
-APPLIED_KWARGS = {"model_name", "max_tokens", "temperature", "top_p", "logprobs", "top_logprobs", "requires_chatml",
-                  "is_strip"}
+APPLIED_KWARGS = {
+    "model_name",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "logprobs",
+    "top_logprobs",
+    "requires_chatml",
+    "is_strip",
+}
 IGNORED_KWARGS = {"num_procs", "batch_size", "price_per_token", "client_kwargs", "client_config_path"}
 
 
@@ -69,25 +77,35 @@ class Annotator:
         if requested not in MODES:
             raise InputError(f"--judge-mode {requested!r}: expected one of {', '.join(MODES)}")
         if not self.logprobs:
-            raise InputError(f"--judge-mode {requested}: annotator {self.name!r} reads the completion text, not "
-                             "log-probabilities; leave --judge-mode out")
+            raise InputError(
+                f"--judge-mode {requested}: annotator {self.name!r} reads the completion text, not "
+                "log-probabilities; leave --judge-mode out"
+            )
         if requested == "discrete":
-            long = {member: config["completions_kwargs"].get("max_tokens") for member, config in self.members.items()
-                    if config["completions_kwargs"].get("max_tokens") != 1}
+            long = {
+                member: config["completions_kwargs"].get("max_tokens")
+                for member, config in self.members.items()
+                if config["completions_kwargs"].get("max_tokens") != 1
+            }
             if long:
                 member, tokens = next(iter(long.items()))
-                raise InputError(f"--judge-mode discrete: annotator {member!r} generates up to {tokens} tokens and "
-                                 "reads the log-probabilities of one of them; discrete mode reads a single sampled "
-                                 "token (annotators with max_tokens: 1)")
+                raise InputError(
+                    f"--judge-mode discrete: annotator {member!r} generates up to {tokens} tokens and "
+                    "reads the log-probabilities of one of them; discrete mode reads a single sampled "
+                    "token (annotators with max_tokens: 1)"
+                )
         return requested
 
     def record(self, mode: str) -> dict:
         """report.json's ``judge.annotator``: the config that ran, its files (relative to the installed
         alpaca_eval package) and their hash."""
         package = _configs_root().parent.parent
-        return {"name": self.name, "config_sha256": self.sha256,
-                "files": [str(path.relative_to(package)) for path in self.files],
-                "label": annotator_label(self.name, mode)}
+        return {
+            "name": self.name,
+            "config_sha256": self.sha256,
+            "files": [str(path.relative_to(package)) for path in self.files],
+            "label": annotator_label(self.name, mode),
+        }
 
 
 def _configs_root() -> Path:
@@ -100,8 +118,12 @@ def _openai_defaults() -> dict:
 
     outer = inspect.signature(decoder.openai_completions).parameters
     helper = inspect.signature(decoder._openai_completion_helper).parameters
-    return {"max_tokens": outer["max_tokens"].default, "is_strip": outer["is_strip"].default,
-            "temperature": helper["temperature"].default, "top_p": helper["top_p"].default}
+    return {
+        "max_tokens": outer["max_tokens"].default,
+        "is_strip": outer["is_strip"].default,
+        "temperature": helper["temperature"].default,
+        "top_p": helper["top_p"].default,
+    }
 
 
 def load_annotator(name: str) -> Annotator:
@@ -120,17 +142,23 @@ def load_annotator(name: str) -> Annotator:
         where = f"--annotator {name}: {config_path}: {member}"
         decoder = config.get("fn_completions", "openai_completions")
         if decoder != "openai_completions":
-            raise InputError(f"{where}: decodes with alpaca_eval's {decoder}; realign's judge engines run "
-                             "annotators whose fn_completions is openai_completions")
+            raise InputError(
+                f"{where}: decodes with alpaca_eval's {decoder}; realign's judge engines run "
+                "annotators whose fn_completions is openai_completions"
+            )
         kwargs = config.get("completions_kwargs") or {}
         unknown = sorted(set(kwargs) - APPLIED_KWARGS - IGNORED_KWARGS)
         if unknown:
-            raise InputError(f"{where}: completions_kwargs {', '.join(unknown)} cannot be applied by realign's judge "
-                             "engines (function calling, logit biases)")
+            raise InputError(
+                f"{where}: completions_kwargs {', '.join(unknown)} cannot be applied by realign's judge "
+                "engines (function calling, logit biases)"
+            )
         chat = kwargs.get("requires_chatml", _requires_chatml(kwargs.get("model_name", "")))
         if not chat:
-            raise InputError(f"{where}: model {kwargs.get('model_name')!r} takes a plain-text completion prompt; "
-                             "realign's judge engines take chat messages")
+            raise InputError(
+                f"{where}: model {kwargs.get('model_name')!r} takes a plain-text completion prompt; "
+                "realign's judge engines take chat messages"
+            )
         template = root / config["prompt_template"]
         if not template.is_file():
             raise InputError(f"{where}: prompt template {template} not found")
@@ -143,9 +171,15 @@ def load_annotator(name: str) -> Annotator:
     for path in files:
         digest.update(path.read_bytes())
     first = next(iter(members.values()))
-    return Annotator(name=name, config_path=config_path, members=members, files=files, sha256=digest.hexdigest(),
-                     logprobs=uses_logprobs.pop(), model_name=str((first.get("completions_kwargs") or {})
-                                                                  .get("model_name", "")))
+    return Annotator(
+        name=name,
+        config_path=config_path,
+        members=members,
+        files=files,
+        sha256=digest.hexdigest(),
+        logprobs=uses_logprobs.pop(),
+        model_name=str((first.get("completions_kwargs") or {}).get("model_name", "")),
+    )
 
 
 def _token(token: str, logprob: float) -> dict:
@@ -159,17 +193,27 @@ def completion_dict(answer: Answer | None, discrete: bool) -> dict:
     if answer is None:
         return {"text": "", "total_tokens": 0}
     if discrete:  # the sampled token as the whole distribution
-        logprobs = {"content": [{**_token(answer.text, 0.0), "top_logprobs": [_token(answer.text, 0.0)]}],
-                    "source": "discrete: the sampled token counted as probability 1 (no logprobs)"}
+        logprobs = {
+            "content": [{**_token(answer.text, 0.0), "top_logprobs": [_token(answer.text, 0.0)]}],
+            "source": "discrete: the sampled token counted as probability 1 (no logprobs)",
+        }
     elif answer.logprobs is not None:
-        logprobs = {"content": [{**_token(t.token, t.logprob), "top_logprobs": [_token(a, v) for a, v in t.top]}
-                                for t in answer.logprobs]}
+        logprobs = {
+            "content": [
+                {**_token(t.token, t.logprob), "top_logprobs": [_token(a, v) for a, v in t.top]}
+                for t in answer.logprobs
+            ]
+        }
     else:
         logprobs = None
-    return {"finish_reason": answer.finish_reason, "index": 0, "logprobs": logprobs,
-            "message": {"content": answer.text, "role": "assistant", "function_call": None, "tool_calls": None},
-            "text": answer.text if answer.text != "" else " ",  # as the decoder: "doesn't allow empty string"
-            "total_tokens": float(answer.prompt_tokens + answer.completion_tokens)}
+    return {
+        "finish_reason": answer.finish_reason,
+        "index": 0,
+        "logprobs": logprobs,
+        "message": {"content": answer.text, "role": "assistant", "function_call": None, "tool_calls": None},
+        "text": answer.text if answer.text != "" else " ",  # as the decoder: "doesn't allow empty string"
+        "total_tokens": float(answer.prompt_tokens + answer.completion_tokens),
+    }
 
 
 class JudgeDecoder:
@@ -180,13 +224,12 @@ class JudgeDecoder:
         self.judge, self.single, self.member, self.mode, self.defaults = judge, single, member, mode, defaults
         self.probed = False
 
-    def _usable(self, completion: dict) -> bool:
+    def _usable(self, completion: dict | str) -> bool:
         """Whether alpaca_eval's own parsing of this member gives a preference for every example in the prompt."""
         annotations, _ = self.single._parse_completions([completion])
-        return all(value is not None and not (isinstance(value, float) and math.isnan(value))
-                   for value in annotations)
+        return all(value is not None and not (isinstance(value, float) and math.isnan(value)) for value in annotations)
 
-    def _key(self, completion: dict) -> object:
+    def _key(self, completion: dict) -> dict | str:
         return completion if self.single.completion_key == "completions_all" else completion["text"]
 
     def __call__(self, prompts, model_name, **kwargs) -> dict[str, list]:
@@ -197,9 +240,13 @@ class JudgeDecoder:
             prompts = [prompt.strip() for prompt in prompts]
         items = {str(index): utils.prompt_to_chatml(prompt) for index, prompt in enumerate(prompts)}
         wants_logprobs = self.mode == "logprobs" and bool(settings.get("logprobs"))
-        params = SamplingParams(n=1, temperature=float(settings["temperature"]), top_p=float(settings["top_p"]),
-                                max_new_tokens=int(settings["max_tokens"]),
-                                top_logprobs=int(settings.get("top_logprobs") or 0) if wants_logprobs else 0)
+        params = SamplingParams(
+            n=1,
+            temperature=float(settings["temperature"]),
+            top_p=float(settings["top_p"]),
+            max_new_tokens=int(settings["max_tokens"]),
+            top_logprobs=int(settings.get("top_logprobs") or 0) if wants_logprobs else 0,
+        )
         discrete = self.mode == "discrete"
 
         def usable(answer: Answer) -> bool:
@@ -219,17 +266,26 @@ class JudgeDecoder:
         completions = [completion_dict(answers[str(index)], discrete) for index in range(len(prompts))]
         self.judge.counts["unparseable"] += sum(not self._usable(self._key(c)) for c in completions)
         prices = self.judge.prices
-        price = [(answer.prompt_tokens * prices[0] + answer.completion_tokens * prices[1]) / 1e6
-                 if prices is not None and answer is not None else math.nan
-                 for answer in (answers[str(index)] for index in range(len(prompts)))]
-        return {"completions": [c["text"] for c in completions], "price_per_example": price,
-                "time_per_example": [seconds] * len(completions), "completions_all": completions}
+        price = [
+            (answer.prompt_tokens * prices[0] + answer.completion_tokens * prices[1]) / 1e6
+            if prices is not None and answer is not None
+            else math.nan
+            for answer in (answers[str(index)] for index in range(len(prompts)))
+        ]
+        return {
+            "completions": [c["text"] for c in completions],
+            "price_per_example": price,
+            "time_per_example": [seconds] * len(completions),
+            "completions_all": completions,
+        }
 
     def _check_logprobs(self, answers: dict[str, Answer | None], model_name: str) -> None:
         if any(answer is not None and answer.logprobs is None for answer in answers.values()):
-            raise RealignError(f"the judge ({self.judge.judge_id}) returned no token logprobs, which annotator "
-                               f"{self.member!r} reads (top_logprobs of {model_name}); use a server that returns "
-                               "them, or pass --judge-mode discrete to count the sampled token instead")
+            raise RealignError(
+                f"the judge ({self.judge.judge_id}) returned no token logprobs, which annotator "
+                f"{self.member!r} reads (top_logprobs of {model_name}); use a server that returns "
+                "them, or pass --judge-mode discrete to count the sampled token instead"
+            )
 
 
 def _switch_flags(pool, frame: pd.DataFrame) -> pd.Series:
@@ -261,8 +317,9 @@ def _quiet():
         root.setLevel(level)
 
 
-def annotate(eval_set: list[dict], outputs: dict[str, str], model_name: str, annotator: Annotator,
-             judge: CachedJudge, mode: str) -> list[dict]:
+def annotate(
+    eval_set: list[dict], outputs: dict[str, str], model_name: str, annotator: Annotator, judge: CachedJudge, mode: str
+) -> list[dict]:
     """alpaca_eval's annotations of the model's outputs against the set's references (output_1 = reference,
     output_2 = model; preference 1 = reference better, 2 = model better), in the set's order, each with its
     ``is_switched_outputs``."""
@@ -277,8 +334,13 @@ def annotate(eval_set: list[dict], outputs: dict[str, str], model_name: str, ann
         references = pd.DataFrame([example for example in eval_set if example["instruction"] in outputs])
         if "generator" not in references:
             references["generator"] = "reference"
-        answers = pd.DataFrame({"instruction": references["instruction"],
-                                "output": references["instruction"].map(outputs), "generator": model_name})
+        answers = pd.DataFrame(
+            {
+                "instruction": references["instruction"],
+                "output": references["instruction"].map(outputs),
+                "generator": model_name,
+            }
+        )
         records = pool.annotate_head2head(outputs_1=references, outputs_2=answers)
     frame = pd.DataFrame(records)
     frame[SWITCH_FIELD] = _switch_flags(pool, frame)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.records import json_kind, read_located_records, read_records, read_table
+from evaluation.records import read_located_records, read_records, read_table
 from realign_data.errors import InputError
-from realign_data.store import json_safe
+from realign_data.files import json_kind, json_safe
 
 ANNOTATION_FIELDS = ("instruction", "output_1", "output_2", "preference")
 LC_FILE = "df_gamed.csv"
@@ -31,6 +31,13 @@ DEGENERATE_SHARE = 0.9
 PROBE_SECONDS = 3.0
 
 
+def interval(score: float, error: float | None) -> tuple[float | None, float | None]:
+    """The normal 95% interval of a win rate (score -+ 1.96 standard errors); unknown bounds without an error."""
+    if error is None:
+        return None, None
+    return score - 1.96 * error, score + 1.96 * error
+
+
 def import_alpaca_eval():
     """alpaca_eval 0.6.6 imports pkg_resources (setuptools < 81): import it once, quietly."""
     with warnings.catch_warnings():
@@ -38,8 +45,9 @@ def import_alpaca_eval():
         try:
             import alpaca_eval.metrics
         except ModuleNotFoundError as exc:
-            raise InputError(f"alpaca_eval cannot be imported ({exc}); it needs setuptools<81 "
-                             "(pip install 'setuptools<81')") from None
+            raise InputError(
+                f"alpaca_eval cannot be imported ({exc}); it needs setuptools<81 (pip install 'setuptools<81')"
+            ) from None
     return alpaca_eval
 
 
@@ -53,11 +61,15 @@ def preference_value(where: str, value: Any) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}: field 'preference' must be a number (1 = reference better .. 2 = model better, "
-                         f"0 or 1.5 a draw) or null, got {json_kind(value)} {value!r}")
+        raise InputError(
+            f"{where}: field 'preference' must be a number (1 = reference better .. 2 = model better, "
+            f"0 or 1.5 a draw) or null, got {json_kind(value)} {value!r}"
+        )
     if not (value == 0 or 1 <= value <= 2):
-        raise InputError(f"{where}: field 'preference' {value!r} is out of range (1 = reference better .. "
-                         "2 = model better, 0 or 1.5 a draw)")
+        raise InputError(
+            f"{where}: field 'preference' {value!r} is out of range (1 = reference better .. "
+            "2 = model better, 0 or 1.5 a draw)"
+        )
     return float(value)
 
 
@@ -74,12 +86,15 @@ def read_annotations(path: Path) -> pd.DataFrame:
                 raise InputError(f"{where}: field '{field}' must be a string, got {json_kind(record[field])}")
         index = record.get("index")
         if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
-            raise InputError(f"{where}: field 'index' (the row's place in the AlpacaEval set) must be a "
-                             f"non-negative integer, got {json_kind(index)} {index!r}")
+            raise InputError(
+                f"{where}: field 'index' (the row's place in the AlpacaEval set) must be a "
+                f"non-negative integer, got {json_kind(index)} {index!r}"
+            )
         for field in SWITCH_FIELDS:
             if record.get(field) is not None and not isinstance(record[field], bool):
-                raise InputError(f"{where}: field '{field}' must be true, false or null, got "
-                                 f"{json_kind(record[field])}")
+                raise InputError(
+                    f"{where}: field '{field}' must be true, false or null, got {json_kind(record[field])}"
+                )
         records.append({**record, "preference": preference_value(where, record["preference"])})
     if all(record["preference"] is None for record in records):
         raise InputError(f"{path}: field 'preference' is null in all {len(records)} row(s); nothing to score")
@@ -121,8 +136,12 @@ def _local_lc_file(path: Path):
 def offline_mode() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or \
-        os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
 
 
 def hub_unreachable() -> str | None:
@@ -134,8 +153,10 @@ def hub_unreachable() -> str | None:
 
     if offline_mode():
         return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
-                                              "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(name)
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     endpoint = urlparse(constants.ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
@@ -172,19 +193,21 @@ def find_lc_data(lc_data: Path | None) -> tuple[Path | None, str]:
 
     advice = f"pass --lc-data FILE (tatsu-lab/alpaca_eval's {LC_FILE}) to compute the length-controlled win rate"
     try:
-        return Path(hf_hub_download("tatsu-lab/alpaca_eval", LC_FILE, repo_type="dataset",
-                                    local_files_only=True)), ""
+        return Path(hf_hub_download("tatsu-lab/alpaca_eval", LC_FILE, repo_type="dataset", local_files_only=True)), ""
     except Exception:
         pass
     reason = hub_unreachable()
     if reason is not None:
-        return None, (f"{LC_FILE} of the Hub dataset tatsu-lab/alpaca_eval is not in the Hugging Face cache and the "
-                      f"Hub cannot be reached ({reason}); {advice}")
+        return None, (
+            f"{LC_FILE} of the Hub dataset tatsu-lab/alpaca_eval is not in the Hugging Face cache and the "
+            f"Hub cannot be reached ({reason}); {advice}"
+        )
     try:
         return Path(hf_hub_download("tatsu-lab/alpaca_eval", LC_FILE, repo_type="dataset")), ""
     except Exception as exc:  # gated, missing, or the connection failed
-        return None, (f"{LC_FILE} from the Hub dataset tatsu-lab/alpaca_eval is not available "
-                      f"({type(exc).__name__}); {advice}")
+        return None, (
+            f"{LC_FILE} from the Hub dataset tatsu-lab/alpaca_eval is not available ({type(exc).__name__}); {advice}"
+        )
 
 
 @contextmanager
@@ -205,8 +228,9 @@ def _single(frame: pd.DataFrame, column: str, default: str) -> pd.Series:
     return pd.Series(names[0] if len(names) == 1 else default, index=frame.index)
 
 
-def compute_metrics(annotations: pd.DataFrame, model_outputs: pd.DataFrame | None, lc_path: Path | None,
-                    lc_reason: str, name: str) -> dict[str, Any]:
+def compute_metrics(
+    annotations: pd.DataFrame, model_outputs: pd.DataFrame | None, lc_path: Path | None, lc_reason: str, name: str
+) -> dict[str, Any]:
     """win_rate, standard_error, n_wins, n_wins_base, n_draws, n_total, discrete_win_rate, avg_length, and LC.
 
     ``annotations`` holds every row, those without a preference (NaN) too, as alpaca_eval's ``evaluate`` passes
@@ -230,16 +254,29 @@ def compute_metrics(annotations: pd.DataFrame, model_outputs: pd.DataFrame | Non
     known = set(gamed.drop_duplicates("index").index)  # alpaca_eval looks difficulties up by these labels
     unknown = sorted({int(p) for p in positions} - known)
     if unknown:
-        return {**metrics, **_lc_unavailable(f"{lc_path} gives no instruction difficulty for set position(s) "
-                                              f"{', '.join(map(str, unknown[:5]))}"
-                                              + (" ..." if len(unknown) > 5 else "")
-                                              + f" ({len(known)} instructions described)")}
+        return {
+            **metrics,
+            **_lc_unavailable(
+                f"{lc_path} gives no instruction difficulty for set position(s) "
+                f"{', '.join(map(str, unknown[:5]))}"
+                + (" ..." if len(unknown) > 5 else "")
+                + f" ({len(known)} instructions described)"
+            ),
+        }
     with _local_lc_file(lc_path), _quiet_info(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notices about alpaca_eval's arguments
-        lc = alpaca_eval.metrics.get_length_controlled_winrate(frame, save_weights_dir=None,
-                                                               is_warn_extreme_changes=False)
-    return {**metrics, **json_safe({"length_controlled_winrate": float(lc["length_controlled_winrate"]),
-                                         "lc_standard_error": float(lc["lc_standard_error"])})}
+        lc = alpaca_eval.metrics.get_length_controlled_winrate(
+            frame, save_weights_dir=None, is_warn_extreme_changes=False
+        )
+    return {
+        **metrics,
+        **json_safe(
+            {
+                "length_controlled_winrate": float(lc["length_controlled_winrate"]),
+                "lc_standard_error": float(lc["lc_standard_error"]),
+            }
+        ),
+    }
 
 
 def position_bias(annotations: pd.DataFrame) -> dict[str, Any]:
@@ -247,8 +284,11 @@ def position_bias(annotations: pd.DataFrame) -> dict[str, Any]:
     randomized, so a fair judge is near 50/50); unknown when the annotations do not record the order."""
     field = next((f for f in SWITCH_FIELDS if f in annotations and annotations[f].notna().any()), None)
     if field is None:
-        return {"known": False, "reason": "the annotations do not record the order the judge saw the outputs in "
-                                          "(alpaca_eval's is_switched_outputs)"}
+        return {
+            "known": False,
+            "reason": "the annotations do not record the order the judge saw the outputs in "
+            "(alpaca_eval's is_switched_outputs)",
+        }
     rows = annotations[annotations[field].notna() & annotations["preference"].notna()]
     preference = rows["preference"].astype(float).replace({0.0: 1.5})
     switched = rows[field].astype(bool)
@@ -258,5 +298,9 @@ def position_bias(annotations: pd.DataFrame) -> dict[str, Any]:
     if total == 0:
         return {"known": False, "reason": "no annotation has both a preference and the order flag"}
     share = {"first": first / total, "second": second / total, "tie": (total - first - second) / total}
-    return {"known": True, "n_verdicts": total, **share,
-            "degenerate": max(share["first"], share["second"]) > DEGENERATE_SHARE}
+    return {
+        "known": True,
+        "n_verdicts": total,
+        **share,
+        "degenerate": max(share["first"], share["second"]) > DEGENERATE_SHARE,
+    }

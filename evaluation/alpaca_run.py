@@ -16,12 +16,14 @@ from evaluation.alpaca_metrics import (
     compute_metrics,
     find_lc_data,
     hub_unreachable,
+    interval,
     model_name,
     offline_mode,
     position_bias,
     read_annotations,
     read_outputs,
 )
+from evaluation.config import AlpacaEvalConfig
 from evaluation.records import read_table
 from evaluation.report import (
     check_output,
@@ -32,11 +34,22 @@ from evaluation.report import (
     usage_note,
     write_report,
 )
+from realign_data.config import config_to_dict
 from realign_data.errors import InputError, RealignError
-from realign_data.store import write_json
+from realign_data.files import write_json
 
-METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
-               "avg_length", "length_controlled_winrate", "lc_standard_error")
+METRIC_KEYS = (
+    "win_rate",
+    "standard_error",
+    "n_wins",
+    "n_wins_base",
+    "n_draws",
+    "n_total",
+    "discrete_win_rate",
+    "avg_length",
+    "length_controlled_winrate",
+    "lc_standard_error",
+)
 LEADERBOARD_COLUMNS = ("win_rate", "standard_error")
 
 
@@ -46,40 +59,54 @@ def load_eval_set(path: Path | None) -> list[dict]:
     advice = "pass --eval-set FILE (e.g. reference_outputs_gpt4_1106_preview.json)"
     reason = hub_unreachable()
     if reason is not None and not offline_mode():  # offline mode may still find the set in the datasets cache
-        raise RealignError(f"cannot load the AlpacaEval set: the Hub cannot be reached ({reason}); {advice}, or set "
-                           "HF_HUB_OFFLINE=1 to use a cached copy")
+        raise RealignError(
+            f"cannot load the AlpacaEval set: the Hub cannot be reached ({reason}); {advice}, or set "
+            "HF_HUB_OFFLINE=1 to use a cached copy"
+        )
     import datasets
 
     try:
         data = datasets.load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline", split="eval")
     except Exception as exc:  # offline or missing
-        raise RealignError(f"cannot load the AlpacaEval set from the Hub ({type(exc).__name__}"
-                           + (f", {reason}" if reason else "") + f"); {advice}") from None
+        raise RealignError(
+            f"cannot load the AlpacaEval set from the Hub ({type(exc).__name__}"
+            + (f", {reason}" if reason else "")
+            + f"); {advice}"
+        ) from None
     return [dict(row) for row in data]
 
 
-def interval(score: float | None, error: float | None) -> tuple[float | None, float | None]:
-    """The 95% interval of a win rate; the point itself when the standard error is unknown (one row)."""
-    if score is None or error is None:
-        return score, score
-    return score - 1.96 * error, score + 1.96 * error
-
-
-def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eval_set: Path | None,
-               limit: int | None, name: str | None, lc_data: Path | None, reference_leaderboard: Path | None,
-               annotator: str, make_answers, make_judge, check_servers=lambda: None,
-               judge_mode: str | None = None) -> dict[str, Any]:
+def run_alpaca(config: AlpacaEvalConfig) -> dict[str, Any]:
+    """Evaluate as ``config`` says and write the report folder; report.json stores the effective config."""
+    config.refuse_unused()
+    output = config.report_folder()
+    bench = config.benchmark
+    annotations, eval_set, limit, lc_data = bench.annotations, bench.eval_set, bench.limit, bench.lc_data
+    reference_leaderboard, annotator = bench.reference_leaderboard, bench.annotator
+    outputs, name = config.answers.outputs, config.answers.name
     check_output(output)
-    published = read_table(reference_leaderboard, "--reference-leaderboard (an AlpacaEval leaderboard CSV)",
-                           LEADERBOARD_COLUMNS, LEADERBOARD_COLUMNS, index_col=0) \
-        if reference_leaderboard is not None else None
+    published = (
+        read_table(
+            reference_leaderboard,
+            "--reference-leaderboard (an AlpacaEval leaderboard CSV)",
+            LEADERBOARD_COLUMNS,
+            LEADERBOARD_COLUMNS,
+            index_col=0,
+        )
+        if reference_leaderboard is not None
+        else None
+    )
     settings: dict[str, Any] = {"annotator": annotator, "limit": limit}
     judge_info, usage, answer_settings = None, None, None
     if annotations is not None:
         frame = read_annotations(annotations)
         model_outputs = read_outputs(outputs) if outputs else None
-        name = name or model_name(frame, "generator_2") or \
-            (model_name(model_outputs, "generator") if model_outputs is not None else None) or "model"
+        name = (
+            name
+            or model_name(frame, "generator_2")
+            or (model_name(model_outputs, "generator") if model_outputs is not None else None)
+            or "model"
+        )
         # the row labels (0..n-1: the file's order is the set's order, as alpaca_eval writes it) or the file's own
         # 'index' field give each row's place in the set, as alpaca_eval's LC fit reads them
         settings["annotations"] = {"path": str(annotations), "sha256": file_sha256(annotations)}
@@ -87,49 +114,61 @@ def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eva
     else:
         # an unknown or unrunnable annotator, or a mode it cannot take, stops the run before any answer is generated
         spec = load_annotator(annotator)
-        mode = spec.mode(judge_mode)
+        mode = spec.mode(bench.judge_mode)
         examples = load_eval_set(eval_set)[:limit]
-        settings["eval_set"] = {"path": str(eval_set) if eval_set else "hub:tatsu-lab/alpaca_eval",
-                                "sha256": file_sha256(eval_set), "n": len(examples)}
+        settings["eval_set"] = {
+            "path": str(eval_set) if eval_set else "hub:tatsu-lab/alpaca_eval",
+            "sha256": file_sha256(eval_set),
+            "n": len(examples),
+        }
         if outputs is not None:
-            model_outputs = read_outputs(outputs)
-            answers = dict(zip(model_outputs["instruction"], model_outputs["output"], strict=True))
+            outputs_frame = read_outputs(outputs)
+            answers = dict(zip(outputs_frame["instruction"], outputs_frame["output"], strict=True))
             if not any(example["instruction"] in answers for example in examples):
-                raise InputError(f"{outputs}: none of its {len(answers)} instruction(s) is in the eval set "
-                                 f"({settings['eval_set']['path']}, {len(examples)} used)")
-        check_servers()  # the judge's (and the model's) servers are named: the inputs are read and valid
+                raise InputError(
+                    f"{outputs}: none of its {len(answers)} instruction(s) is in the eval set "
+                    f"({settings['eval_set']['path']}, {len(examples)} used)"
+                )
+        config.check_servers()  # the judge's (and the model's) servers are named: the inputs are read and valid
         if outputs is None:
-            answers, answer_settings = make_answers({e["instruction"]: e["instruction"] for e in examples})
-            model_outputs = pd.DataFrame([{"instruction": k, "output": v} for k, v in answers.items()])
-            if model_outputs.empty:
+            answers, answer_settings = config.answers.generate({e["instruction"]: e["instruction"] for e in examples})
+            outputs_frame = pd.DataFrame([{"instruction": k, "output": v} for k, v in answers.items()])
+            if outputs_frame.empty:
                 raise RealignError("the model produced no answer (every generation failed)")
-        name = name or model_name(model_outputs, "generator") or (answer_settings or {}).get("model") or "model"
+        model_outputs = outputs_frame
+        name = name or model_name(outputs_frame, "generator") or (answer_settings or {}).get("model") or "model"
         lc_path, lc_reason = find_lc_data(lc_data)
-        judge, judge_info = make_judge(spec)
+        judge, judge_info = config.judge.create(spec.model_name)
         judge_info = {**judge_info, "mode": mode, "annotator": spec.record(mode)}
         positions = {example["instruction"]: index for index, example in enumerate(examples)}
         # each row carries its place in the set, so a rescoring of a part of the set looks difficulties up right
-        records = [{**record, "index": positions[record["instruction"]]}
-                   for record in annotate(examples, answers, name, spec, judge, mode)]
+        records = [
+            {**record, "index": positions[record["instruction"]]}
+            for record in annotate(examples, answers, name, spec, judge, mode)
+        ]
         usage = judge.usage()
         output.mkdir(parents=True, exist_ok=True)
         write_json(output / "annotations.json", records)
-        write_json(output / "model_outputs.json", model_outputs.to_dict("records"))
+        write_json(output / "model_outputs.json", outputs_frame.to_dict("records"))
         frame = pd.DataFrame(records)
         frame["preference"] = frame["preference"].astype(float)
         frame.index = pd.Index(frame["index"].to_numpy())
         if frame["preference"].isna().all():
-            raise RealignError(f"the judge gave no parseable preference for any of the {len(frame)} instruction(s) "
-                               f"(annotations saved in {output / 'annotations.json'})")
+            raise RealignError(
+                f"the judge gave no parseable preference for any of the {len(frame)} instruction(s) "
+                f"(annotations saved in {output / 'annotations.json'})"
+            )
     failures = int(frame["preference"].isna().sum())
     scored = frame[frame["preference"].notna()]
     metrics = compute_metrics(frame, model_outputs, lc_path, lc_reason, name)  # every row, as alpaca_eval
     bias = position_bias(frame)
     deviations = list((judge_info or {}).get("deviations") or [])
     if annotations is None and len(frame) < len(examples) and metrics.get("length_controlled_winrate") is not None:
-        deviations.append("LC with outputs for part of the set: each instruction's difficulty is looked up by its "
-                          "place in the set; alpaca_eval's evaluate numbers the merged rows 0..n-1 instead, which "
-                          "gives later instructions the wrong difficulty")
+        deviations.append(
+            "LC with outputs for part of the set: each instruction's difficulty is looked up by its "
+            "place in the set; alpaca_eval's evaluate numbers the merged rows 0..n-1 instead, which "
+            "gives later instructions the wrong difficulty"
+        )
     annotator_name = (model_name(frame, "annotator") if annotations is not None else None) or annotator
     judge_label = annotator_label(annotator_name, (judge_info or {}).get("mode"))
     output.mkdir(parents=True, exist_ok=True)
@@ -140,9 +179,14 @@ def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eva
             low, high = interval(float(row["win_rate"]), float(row["standard_error"]))
             rows.append({"label": str(model), "score": float(row["win_rate"]), "lower": low, "upper": high})
     plot_scores(rows, "AlpacaEval 2 win rate (%) with 95% CI", output / "score_ci.png")
-    plot_length_vs_preference(scored["output_2"].str.len().tolist(), scored["preference"].astype(float).tolist(),
-                              "preference (1 = reference, 2 = model)", output / "length_vs_preference.png")
-    notes = [f"judge: {judge_label}" + (f" ({judge_info['model']})" if (judge_info or {}).get("model") else "")]
+    plot_length_vs_preference(
+        scored["output_2"].str.len().tolist(),
+        scored["preference"].astype(float).tolist(),
+        "preference (1 = reference, 2 = model)",
+        output / "length_vs_preference.png",
+    )
+    judge_model = (judge_info or {}).get("model")
+    notes = [f"judge: {judge_label}" + (f" ({judge_model})" if judge_model else "")]
     if metrics.get("lc_unavailable"):
         notes.append(f"LC win rate unavailable: {metrics['lc_unavailable']}")
     notes.append(f"{failures} annotation(s) without a parseable preference were left out")
@@ -154,12 +198,30 @@ def run_alpaca(output: Path, annotations: Path | None, outputs: Path | None, eva
     total = metrics.get("n_total") or 0
     if total >= 5 and total in (metrics.get("n_wins"), metrics.get("n_wins_base")):
         side = "model's" if metrics.get("n_wins") == total else "reference's"
-        notes.append(f"WARNING: all {total} verdicts prefer the {side} output: the judge may be degenerate (see "
-                     "the position bias); a score of 0 or 100 is rarely a result")
+        notes.append(
+            f"WARNING: all {total} verdicts prefer the {side} output: the judge may be degenerate (see "
+            "the position bias); a score of 0 or 100 is rarely a result"
+        )
     notes += [f"deviation from alpaca_eval: {text}" for text in deviations]
-    return write_report(output, "AlpacaEval 2", {
-        "model": {"name": name, **(answer_settings or {})}, "metrics": metrics, "n": metrics["n_total"],
-        "failures": failures, "position_bias": bias, "deviations": deviations, "judge_label": judge_label,
-        "settings": settings, "judge": judge_info, "judge_usage": usage},
-        (["model", *[k for k in METRIC_KEYS if metrics.get(k) is not None]],
-         [[name, *[metrics[k] for k in METRIC_KEYS if metrics.get(k) is not None]]]), notes)
+    return write_report(
+        output,
+        "AlpacaEval 2",
+        {
+            "model": {"name": name, **(answer_settings or {})},
+            "metrics": metrics,
+            "n": metrics["n_total"],
+            "failures": failures,
+            "position_bias": bias,
+            "deviations": deviations,
+            "judge_label": judge_label,
+            "settings": settings,
+            "judge": judge_info,
+            "judge_usage": usage,
+            "config": config_to_dict(config),
+        },
+        (
+            ["model", *[k for k in METRIC_KEYS if metrics.get(k) is not None]],
+            [[name, *[metrics[k] for k in METRIC_KEYS if metrics.get(k) is not None]]],
+        ),
+        notes,
+    )

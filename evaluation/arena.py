@@ -30,9 +30,10 @@ import yaml
 from evaluation.arena_scoring import V01, V2
 from evaluation.arena_settings import read_judge_settings
 from evaluation.judging import CachedJudge
-from evaluation.records import _read_text, json_kind, read_located_records
+from evaluation.records import read_located_records, read_text
 from realign_data.engines import SamplingParams
 from realign_data.errors import InputError
+from realign_data.files import json_kind
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ class ArenaSpec:
             return self.settings[category]
         if len(self.settings) == 1:
             return next(iter(self.settings.values()))
-        raise InputError(f"no judge setting for question category {category!r} (settings: "
-                         f"{', '.join(self.settings)})")
+        raise InputError(f"no judge setting for question category {category!r} (settings: {', '.join(self.settings)})")
 
     def prompt(self, question: str, first: str, second: str) -> str:
         """The user turn of one game: v0.1 fills question_1/answer_1/answer_2, v2.0 QUESTION/ANSWER_A/ANSWER_B."""
@@ -98,10 +98,16 @@ def _number(path: Path, config: dict, field: str, default, kind, minimum):
     value = config.get(field, default)
     if value is None:
         value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (kind is int and value != int(value)) or value < minimum:
-        raise InputError(f"{path}: field '{field}' must be {'an integer' if kind is int else 'a number'} "
-                         f">= {minimum}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (kind is int and value != int(value))
+        or value < minimum
+    ):
+        raise InputError(
+            f"{path}: field '{field}' must be {'an integer' if kind is int else 'a number'} >= {minimum}, got {value!r}"
+        )
     return kind(value)
 
 
@@ -115,8 +121,10 @@ def _pattern(path: Path, field: str, pattern) -> str:
     except re.error as exc:
         raise InputError(f"{path}: field '{field}' {pattern!r} is not a valid regular expression ({exc})") from None
     if compiled.groups > 1:  # upstream's findall would give tuples, which its get_score cannot strip
-        raise InputError(f"{path}: field '{field}' {pattern!r} has {compiled.groups} groups; the verdict label is "
-                         "the pattern's one group (or its whole match)")
+        raise InputError(
+            f"{path}: field '{field}' {pattern!r} has {compiled.groups} groups; the verdict label is "
+            "the pattern's one group (or its whole match)"
+        )
     return pattern
 
 
@@ -130,8 +138,9 @@ def _template(path: Path, template, arguments: tuple[str, ...]) -> str:
     try:
         template.format(**{name: "" for name in arguments})
     except (KeyError, IndexError) as exc:
-        raise InputError(f"{path}: field 'prompt_template' has a placeholder {exc} that upstream does not fill") \
-            from None
+        raise InputError(
+            f"{path}: field 'prompt_template' has a placeholder {exc} that upstream does not fill"
+        ) from None
     except ValueError as exc:
         raise InputError(f"{path}: field 'prompt_template' is not a str.format template ({exc})") from None
     return template
@@ -147,9 +156,11 @@ def load_judge_config(path: Path, settings_path: Path | None = None) -> ArenaSpe
     for field in ("judge_model", "prompt_template"):
         if field not in config:
             raise InputError(f"{path}: missing field '{field}' (an Arena-Hard judge config is expected)")
-    common = {"judge_model": _string(path, config, "judge_model"),
-              "temperature": _number(path, config, "temperature", 0.0, float, 0),
-              "max_tokens": _number(path, config, "max_tokens", 4096, int, 1)}
+    common = {
+        "judge_model": _string(path, config, "judge_model"),
+        "temperature": _number(path, config, "temperature", 0.0, float, 0),
+        "max_tokens": _number(path, config, "max_tokens", 4096, int, 1),
+    }
     bench = config.get("bench_name")
     if bench is not None and not isinstance(bench, str):
         raise InputError(f"{path}: field 'bench_name' must be a string, got {json_kind(bench)}")
@@ -161,26 +172,47 @@ def load_judge_config(path: Path, settings_path: Path | None = None) -> ArenaSpe
         _refuse(path, config, "pairwise", True, "only pairwise judging against the baseline is implemented")
         _refuse(path, config, "baseline", True, "only pairwise judging against the baseline is implemented")
         if len(config["prompt_template"]) != 1:
-            raise InputError(f"{path}: field 'prompt_template' must hold one template (one user turn), got "
-                             f"{len(config['prompt_template'])}")
+            raise InputError(
+                f"{path}: field 'prompt_template' must hold one template (one user turn), got "
+                f"{len(config['prompt_template'])}"
+            )
         template = _template(path, config["prompt_template"][0], ("question_1", "answer_1", "answer_2"))
         bench = bench or "arena-hard-v0.1"
-        return ArenaSpec(bench=bench, version=V01, template=template,
-                         patterns=(_pattern(path, "regex_pattern", config["regex_pattern"]),),
-                         attempts=_number(path, config, "number_of_judgment_attempts", 1, int, 1), **common,
-                         settings={bench: {"baseline": _string(path, config, "baseline_model"),
-                                           "system_prompt": _string(path, config, "system_prompt")}})
+        return ArenaSpec(
+            bench=bench,
+            version=V01,
+            template=template,
+            patterns=(_pattern(path, "regex_pattern", config["regex_pattern"]),),
+            attempts=_number(path, config, "number_of_judgment_attempts", 1, int, 1),
+            **common,
+            settings={
+                bench: {
+                    "baseline": _string(path, config, "baseline_model"),
+                    "system_prompt": _string(path, config, "system_prompt"),
+                }
+            },
+        )
     template = _template(path, config["prompt_template"], ("QUESTION", "ANSWER_A", "ANSWER_B"))
     patterns = config.get("regex_patterns")
     if not isinstance(patterns, list) or not patterns:
-        raise InputError(f"{path}: field 'regex_patterns' must be a non-empty list of regular expressions, got "
-                         f"{json_kind(patterns)}")
+        raise InputError(
+            f"{path}: field 'regex_patterns' must be a non-empty list of regular expressions, got {json_kind(patterns)}"
+        )
     patterns = tuple(_pattern(path, "regex_patterns", pattern) for pattern in patterns)
     if settings_path is None:
-        raise InputError(f"{path}: this config takes per-category judge settings; pass --judge-settings FILE "
-                         "(upstream's utils/judge_utils.py, or a YAML copy of its JUDGE_SETTINGS)")
-    return ArenaSpec(bench=bench or path.stem, version=V2, patterns=patterns, template=template, attempts=1,
-                     settings=read_judge_settings(settings_path), **common)
+        raise InputError(
+            f"{path}: this config takes per-category judge settings; pass --judge-settings FILE "
+            "(upstream's utils/judge_utils.py, or a YAML copy of its JUDGE_SETTINGS)"
+        )
+    return ArenaSpec(
+        bench=bench or path.stem,
+        version=V2,
+        patterns=patterns,
+        template=template,
+        attempts=1,
+        settings=read_judge_settings(settings_path),
+        **common,
+    )
 
 
 def _is_attempts_loop(node: ast.AST) -> bool:
@@ -189,14 +221,26 @@ def _is_attempts_loop(node: ast.AST) -> bool:
 
 def _user_turn(node: ast.AST) -> str | None:
     """The content of ``<conversation>.append({"role": "user", "content": "<literal>"})``, else None."""
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"
-            and len(node.args) == 1 and isinstance(node.args[0], ast.Dict)):
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "append"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Dict)
+    ):
         return None
-    fields = {key.value: value for key, value in zip(node.args[0].keys, node.args[0].values, strict=True)
-              if isinstance(key, ast.Constant)}
+    fields = {
+        key.value: value
+        for key, value in zip(node.args[0].keys, node.args[0].values, strict=True)
+        if isinstance(key, ast.Constant)
+    }
     role, content = fields.get("role"), fields.get("content")
-    if isinstance(role, ast.Constant) and role.value == "user" and isinstance(content, ast.Constant) \
-            and isinstance(content.value, str):
+    if (
+        isinstance(role, ast.Constant)
+        and role.value == "user"
+        and isinstance(content, ast.Constant)
+        and isinstance(content.value, str)
+    ):
         return content.value
     return None
 
@@ -204,16 +248,23 @@ def _user_turn(node: ast.AST) -> str | None:
 def continuation_message(path: Path) -> str:
     """v0.1's continuation message, read (never run) from lm-sys's gen_judgment.py: the user turn appended inside
     the ``number_of_judgment_attempts`` loop when the judgment has no verdict yet."""
-    text = _read_text(path)
+    text = read_text(path)
     try:
         module = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
         raise InputError(f"{path}:{exc.lineno or 0}: not valid Python ({exc.msg})") from None
-    found = {message for loop in ast.walk(module) if _is_attempts_loop(loop)
-             for node in ast.walk(loop) if (message := _user_turn(node)) is not None}
+    found = {
+        message
+        for loop in ast.walk(module)
+        if _is_attempts_loop(loop)
+        for node in ast.walk(loop)
+        if (message := _user_turn(node)) is not None
+    }
     if len(found) != 1:
-        raise InputError(f"{path}: expected one literal user turn appended inside the number_of_judgment_attempts "
-                         f"loop (lm-sys gen_judgment.py), found {len(found)}")
+        raise InputError(
+            f"{path}: expected one literal user turn appended inside the number_of_judgment_attempts "
+            f"loop (lm-sys gen_judgment.py), found {len(found)}"
+        )
     return found.pop()
 
 
@@ -242,8 +293,9 @@ def answer_text(record: dict, where: str) -> str:
         content = [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
         return content["answer"] if isinstance(content, dict) else content
     except (KeyError, IndexError, TypeError):
-        raise InputError(f"{where}: answer record {record.get('question_id', record.get('uid'))!r} has no "
-                         "answer text") from None
+        raise InputError(
+            f"{where}: answer record {record.get('question_id', record.get('uid'))!r} has no answer text"
+        ) from None
 
 
 def read_answer_records(path: Path) -> tuple[str, list[tuple[str, str, dict]]]:
@@ -253,14 +305,12 @@ def read_answer_records(path: Path) -> tuple[str, list[tuple[str, str, dict]]]:
     for where, record in located:
         qid = record.get("question_id", record.get("uid"))
         if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
-            raise InputError(f"{where}: an answer record needs field 'question_id' (or 'uid'), got "
-                             f"{json_kind(qid)}")
+            raise InputError(f"{where}: an answer record needs field 'question_id' (or 'uid'), got {json_kind(qid)}")
         records.append((where, str(qid), record))
     first = located[0][1]
     name = first.get("model_id", first.get("model", path.stem))
     if not isinstance(name, str) or not name:
-        raise InputError(f"{located[0][0]}: field 'model_id' (or 'model') must be a model name, got "
-                         f"{json_kind(name)}")
+        raise InputError(f"{located[0][0]}: field 'model_id' (or 'model') must be a model name, got {json_kind(name)}")
     return name, records
 
 
@@ -306,8 +356,9 @@ def verdict_parser(patterns: tuple[str, ...], version: str = V2):
     return lambda text: v2_score(text, regexes)
 
 
-def _v01_games(spec: ArenaSpec, items: dict[str, list[dict]], judge: CachedJudge, continuation: str | None) \
-        -> dict[str, tuple[str | None, str]]:
+def _v01_games(
+    spec: ArenaSpec, items: dict[str, list[dict]], judge: CachedJudge, continuation: str | None
+) -> dict[str, tuple[str | None, str]]:
     """(score, judgment) per game, as lm-sys gen_judgment.py's attempts loop: the answer is appended to the
     conversation and, while get_score says ask again, followed by the continuation message and asked again."""
     pattern, params, last = re.compile(spec.patterns[0]), spec.params(), spec.attempts - 1
@@ -323,8 +374,7 @@ def _v01_games(spec: ArenaSpec, items: dict[str, list[dict]], judge: CachedJudge
             score, again = v01_score(judgment, pattern)
             if not again or attempt == last:
                 return True, score
-            conversation += [{"role": "assistant", "content": answer.text},
-                             {"role": "user", "content": continuation}]
+            conversation += [{"role": "assistant", "content": answer.text}, {"role": "user", "content": continuation}]
         return False, None
 
     anew = {name for name, messages in items.items() if replay(messages) == (True, None)}
@@ -348,9 +398,15 @@ def _v01_games(spec: ArenaSpec, items: dict[str, list[dict]], judge: CachedJudge
     return results
 
 
-def judge_pairs(spec: ArenaSpec, questions: list[dict], baselines: dict[str, dict[str, str]],
-                answers: dict[str, str], model_name: str, judge: CachedJudge, continuation: str | None = None) \
-        -> list[dict]:
+def judge_pairs(
+    spec: ArenaSpec,
+    questions: list[dict],
+    baselines: dict[str, dict[str, str]],
+    answers: dict[str, str],
+    model_name: str,
+    judge: CachedJudge,
+    continuation: str | None = None,
+) -> list[dict]:
     """Judgment records in the version's official layout (one per question, two games: the baseline first, then
     the model first). v0.1: question_id, model, judge, games [{user_prompt, judgment, score}] (plus category and
     baseline); v2.0: uid, category, judge, model, baseline, games [{score, judgment: {answer}, prompt} or null for
@@ -366,23 +422,49 @@ def judge_pairs(spec: ArenaSpec, questions: list[dict], baselines: dict[str, dic
             continue
         meta[qid] = (question.get("question_id", question.get("uid")), category, setting["baseline"])
         for index, (first, second) in enumerate(((reference[qid], answers[qid]), (answers[qid], reference[qid]))):
-            items[f"{qid}#{index}"] = [{"role": "system", "content": setting["system_prompt"]},
-                                       {"role": "user", "content": spec.prompt(text, first, second)}]
+            items[f"{qid}#{index}"] = [
+                {"role": "system", "content": setting["system_prompt"]},
+                {"role": "user", "content": spec.prompt(text, first, second)},
+            ]
     if spec.version == V01:
         games = _v01_games(spec, items, judge, continuation)
         judge.counts["unparseable"] += sum(score is None for score, _ in games.values())
-        return [{"question_id": raw, "model": model_name, "judge": judge.judge_id, "category": category,
-                 "baseline": baseline,
-                 "games": [{"user_prompt": items[f"{qid}#{i}"][1]["content"], "judgment": games[f"{qid}#{i}"][1],
-                            "score": games[f"{qid}#{i}"][0]} for i in (0, 1)]}
-                for qid, (raw, category, baseline) in meta.items()]
+        return [
+            {
+                "question_id": raw,
+                "model": model_name,
+                "judge": judge.judge_id,
+                "category": category,
+                "baseline": baseline,
+                "games": [
+                    {
+                        "user_prompt": items[f"{qid}#{i}"][1]["content"],
+                        "judgment": games[f"{qid}#{i}"][1],
+                        "score": games[f"{qid}#{i}"][0],
+                    }
+                    for i in (0, 1)
+                ],
+            }
+            for qid, (raw, category, baseline) in meta.items()
+        ]
     regexes = tuple(re.compile(p) for p in spec.patterns)
     params = spec.params()
     answered = judge.ask(items, params, usable=lambda answer: v2_score(answer.text, regexes) is not None)
-    games = {name: None if answer is None else
-             {"score": v2_score(answer.text, regexes), "judgment": {"answer": answer.text}, "prompt": items[name]}
-             for name, answer in answered.items()}
-    judge.counts["unparseable"] += sum(game is None or game["score"] is None for game in games.values())
-    return [{"uid": raw, "category": category, "judge": judge.judge_id, "model": model_name, "baseline": baseline,
-             "games": [games[f"{qid}#{i}"] for i in (0, 1)]}
-            for qid, (raw, category, baseline) in meta.items()]
+    v2_games = {
+        name: None
+        if answer is None
+        else {"score": v2_score(answer.text, regexes), "judgment": {"answer": answer.text}, "prompt": items[name]}
+        for name, answer in answered.items()
+    }
+    judge.counts["unparseable"] += sum(game is None or game["score"] is None for game in v2_games.values())
+    return [
+        {
+            "uid": raw,
+            "category": category,
+            "judge": judge.judge_id,
+            "model": model_name,
+            "baseline": baseline,
+            "games": [v2_games[f"{qid}#{i}"] for i in (0, 1)],
+        }
+        for qid, (raw, category, baseline) in meta.items()
+    ]

@@ -29,25 +29,43 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.records import json_kind, read_located, require
+from evaluation.records import read_located, require
 from realign_data.errors import InputError
+from realign_data.files import json_kind
 
 V01, V2 = "v0.1", "v2.0"
 STRONG_WEIGHT = 3
 SCALE, BASE, ANCHOR = 400.0, 10.0, 1000.0
 DEGENERATE_GAP = 10 * SCALE
 # v0.1: verdict label -> (winner when the model under test is assistant B, count)
-GAME_ONE = {"A>>B": ("baseline", STRONG_WEIGHT), "A>B": ("baseline", 1), "A=B": ("tie", 1),
-            "B>A": ("model", 1), "B>>A": ("model", STRONG_WEIGHT)}
+GAME_ONE = {
+    "A>>B": ("baseline", STRONG_WEIGHT),
+    "A>B": ("baseline", 1),
+    "A=B": ("tie", 1),
+    "B>A": ("model", 1),
+    "B>>A": ("model", STRONG_WEIGHT),
+}
 SWAP = {"baseline": "model", "model": "baseline", "tie": "tie"}
 # v2.0: verdict label -> score of assistant A (upstream's label_to_score); strong labels count three times
-A_SCORE = {"A>B": 1.0, "A>>B": 1.0, "A=B": 0.5, "A<<B": 0.0, "A<B": 0.0,
-           "B>A": 0.0, "B>>A": 0.0, "B=A": 0.5, "B<<A": 1.0, "B<A": 1.0}
+A_SCORE = {
+    "A>B": 1.0,
+    "A>>B": 1.0,
+    "A=B": 0.5,
+    "A<<B": 0.0,
+    "A<B": 0.0,
+    "B>A": 0.0,
+    "B>>A": 0.0,
+    "B=A": 0.5,
+    "B<<A": 1.0,
+    "B<A": 1.0,
+}
 STRONG = {"A>>B", "A<<B", "B>>A", "B<<A"}
 LABELS = {V01: set(GAME_ONE), V2: set(A_SCORE)}
 # the position a label favours: the answer shown first (A), second (B), or neither
-POSITION = {V01: {"A>>B": "first", "A>B": "first", "A=B": "tie", "B>A": "second", "B>>A": "second"},
-            V2: {label: {1.0: "first", 0.0: "second", 0.5: "tie"}[score] for label, score in A_SCORE.items()}}
+POSITION = {
+    V01: {"A>>B": "first", "A>B": "first", "A=B": "tie", "B>A": "second", "B>>A": "second"},
+    V2: {label: {1.0: "first", 0.0: "second", 0.5: "tie"}[score] for label, score in A_SCORE.items()},
+}
 DEGENERATE_SHARE = 0.9
 
 
@@ -59,20 +77,26 @@ def _check_games(where: str, record: dict) -> None:
     """``games``: the two games, each null (v2.0: not judged) or an object whose ``score`` is a label or null."""
     games = record["games"]
     if not isinstance(games, list) or len(games) != 2:
-        raise InputError(f"{where}: field 'games' must hold the two games (positions swapped), got "
-                         f"{json_kind(games)}" + (f" of {len(games)}" if isinstance(games, list) else ""))
+        raise InputError(
+            f"{where}: field 'games' must hold the two games (positions swapped), got "
+            f"{json_kind(games)}" + (f" of {len(games)}" if isinstance(games, list) else "")
+        )
     for index, game in enumerate(games):
         if game is None:
             continue
         if not isinstance(game, dict):
-            raise InputError(f"{where}: field 'games' [{index}] must be an object with a 'score' (or null), got "
-                             f"{json_kind(game)}")
+            raise InputError(
+                f"{where}: field 'games' [{index}] must be an object with a 'score' (or null), got {json_kind(game)}"
+            )
         if "score" not in game:
-            raise InputError(f"{where}: field 'games' [{index}] has no 'score' (the verdict label, e.g. \"A>B\", "
-                             "or null)")
+            raise InputError(
+                f"{where}: field 'games' [{index}] has no 'score' (the verdict label, e.g. \"A>B\", or null)"
+            )
         if game["score"] is not None and not isinstance(game["score"], str):
-            raise InputError(f"{where}: field 'games' [{index}] 'score' must be a verdict label or null, got "
-                             f"{json_kind(game['score'])}")
+            raise InputError(
+                f"{where}: field 'games' [{index}] 'score' must be a verdict label or null, got "
+                f"{json_kind(game['score'])}"
+            )
 
 
 def read_judgments(directory: Path) -> list[dict]:
@@ -96,8 +120,7 @@ def read_judgments(directory: Path) -> list[dict]:
         if not isinstance(qid, (str, int)) or isinstance(qid, bool):
             raise InputError(f"{where}: field '{field}' must be a string or integer, got {json_kind(qid)}")
         if not isinstance(record["model"], str) or not record["model"]:
-            raise InputError(f"{where}: field 'model' must be a model name (string), got "
-                             f"{json_kind(record['model'])}")
+            raise InputError(f"{where}: field 'model' must be a model name (string), got {json_kind(record['model'])}")
         for name in ("baseline", "category", "judge"):
             if record.get(name) is not None and not isinstance(record[name], str):
                 raise InputError(f"{where}: field '{name}' must be a string, got {json_kind(record[name])}")
@@ -108,7 +131,9 @@ def read_judgments(directory: Path) -> list[dict]:
 
 def labels(record: dict) -> tuple[str | None, str | None]:
     """The two games' verdict labels (None for a null game or score)."""
-    return tuple(game.get("score") if isinstance(game, dict) else None for game in record["games"])
+    # records come from read_judgments (or the judge), which hold exactly two games
+    first, second = (game.get("score") if isinstance(game, dict) else None for game in record["games"])
+    return first, second
 
 
 def has_verdict(records: list[dict], version: str) -> bool:
@@ -121,19 +146,27 @@ def failed_games(records: list[dict], version: str) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- v0.1
 
+
 def battles_from_judgments(records: list[dict], baseline: str) -> pd.DataFrame:
     """v0.1: one row per counted outcome: model_a is the baseline, model_b the judged model, winner in a/b/tie."""
     rows = []
     for record in records:
         for game_index, label in enumerate(labels(record)):
-            outcome = GAME_ONE.get(label)
+            outcome = GAME_ONE.get(label) if label is not None else None
             if outcome is None:  # unparseable verdict: not counted
                 continue
             side, count = outcome
             side = SWAP[side] if game_index == 1 else side  # game two puts the model in position A
             winner = {"baseline": "model_a", "model": "model_b", "tie": "tie"}[side]
-            rows += [{"question_id": question_id(record), "model_a": record.get("baseline") or baseline,
-                      "model_b": record["model"], "winner": winner, "category": record.get("category")}] * count
+            rows += [
+                {
+                    "question_id": question_id(record),
+                    "model_a": record.get("baseline") or baseline,
+                    "model_b": record["model"],
+                    "winner": winner,
+                    "category": record.get("category"),
+                }
+            ] * count
     if not rows:
         raise InputError("no parseable verdicts in the judgments")
     return pd.DataFrame(rows)
@@ -143,8 +176,10 @@ def _normalized(matrix: np.ndarray, ddof: int, notes: set[str]) -> np.ndarray:
     """Columns centred and divided by their standard deviation; a column that does not vary is left at zero."""
     spread = matrix.std(axis=0, ddof=ddof) if len(matrix) > ddof else np.zeros(matrix.shape[1])
     if (spread == 0).any():
-        notes.add("style control: a style feature that does not vary across the battles is left out (upstream "
-                  "divides by its zero spread and stops)")
+        notes.add(
+            "style control: a style feature that does not vary across the battles is left out (upstream "
+            "divides by its zero spread and stops)"
+        )
     return np.divide(matrix - matrix.mean(axis=0), spread, out=np.zeros_like(matrix), where=spread > 0)
 
 
@@ -156,15 +191,17 @@ def style_matrix(battles: pd.DataFrame, styles: dict[str, dict[str, np.ndarray]]
     return _normalized((baseline - model) / (baseline + model + 1), 0, notes)
 
 
-def _style_rows(battles: pd.DataFrame, styles: dict[str, dict[str, np.ndarray]], column: str,
-                names: str | None = None) -> np.ndarray:
+def _style_rows(
+    battles: pd.DataFrame, styles: dict[str, dict[str, np.ndarray]], column: str, names: str | None = None
+) -> np.ndarray:
     rows = []
     for model, qid in zip(battles[names or column], battles["question_id"], strict=True):
         try:
             rows.append(styles[model][qid])
         except KeyError:
-            raise InputError(f"style control needs every answer: no answer of {model!r} to question {qid!r} "
-                             "(--answers-dir)") from None
+            raise InputError(
+                f"style control needs every answer: no answer of {model!r} to question {qid!r} (--answers-dir)"
+            ) from None
     return np.array(rows, dtype=float).reshape(len(rows), 4)
 
 
@@ -178,13 +215,12 @@ def _design(battles: pd.DataFrame, models: pd.Series) -> tuple[np.ndarray, np.nd
     features[rows, models[doubled["model_b"]].to_numpy()] = -math.log(BASE)
     target = (doubled["winner"] == "model_a").to_numpy().astype(float)
     is_tie = (doubled["winner"] == "tie").to_numpy().copy()
-    is_tie[len(is_tie) // 2:] = False
+    is_tie[len(is_tie) // 2 :] = False
     target[is_tie] = 1.0
     return features, target
 
 
-def _ratings(features: np.ndarray, target: np.ndarray, models: pd.Series, baseline: str, penalized: bool) \
-        -> pd.Series:
+def _ratings(features: np.ndarray, target: np.ndarray, models: pd.Series, baseline: str, penalized: bool) -> pd.Series:
     """Elo-scale ratings from the fit, baseline anchored at 1000 (style coefficients left out)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -196,7 +232,7 @@ def _ratings(features: np.ndarray, target: np.ndarray, models: pd.Series, baseli
         fit = LogisticRegression(fit_intercept=False).fit(features, target)
     else:  # upstream's compute_mle_elo: unpenalized
         fit = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8).fit(features, target)
-    ratings = SCALE * fit.coef_[0][:len(models)] + ANCHOR
+    ratings = SCALE * fit.coef_[0][: len(models)] + ANCHOR
     ratings += ANCHOR - ratings[models[baseline]]
     return pd.Series(ratings, index=models.index)
 
@@ -221,8 +257,9 @@ def win_rate_vs(rating: float, baseline_rating: float) -> float:
     return 100.0 / (1.0 + BASE ** ((baseline_rating - rating) / SCALE))
 
 
-def _style_samples(battles: pd.DataFrame, baseline: str, style: np.ndarray, rounds: int,
-                   generator: np.random.RandomState) -> list[pd.Series]:
+def _style_samples(
+    battles: pd.DataFrame, baseline: str, style: np.ndarray, rounds: int, generator: np.random.RandomState
+) -> list[pd.Series]:
     """Upstream's get_bootstrap_result_style_control: resample battles; a sampled tie keeps its win and its loss."""
     models = _models(battles)
     features, target = _design(battles, models)
@@ -238,8 +275,9 @@ def _style_samples(battles: pd.DataFrame, baseline: str, style: np.ndarray, roun
     return samples
 
 
-def leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: int = 42,
-                style: np.ndarray | None = None) -> list[dict]:
+def leaderboard(
+    battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: int = 42, style: np.ndarray | None = None
+) -> list[dict]:
     """v0.1 scores and bootstrap CIs as win rates against the baseline, sorted by model name."""
     ratings = bradley_terry(battles, baseline, style)
     generator = np.random.RandomState(seed)
@@ -254,21 +292,27 @@ def leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed: i
     board = []
     for model in sorted(ratings.index):
         lower, upper = np.percentile(samples[model], [2.5, 97.5])
-        board.append({"model": model,
-                      "score": round(win_rate_vs(ratings[model], ratings[baseline]), 2),
-                      "lower": round(win_rate_vs(lower, np.percentile(samples[baseline], 2.5)), 2),
-                      "upper": round(win_rate_vs(upper, np.percentile(samples[baseline], 97.5)), 2)})
+        board.append(
+            {
+                "model": model,
+                "score": round(win_rate_vs(ratings[model], ratings[baseline]), 2),
+                "lower": round(win_rate_vs(lower, np.percentile(samples[baseline], 2.5)), 2),
+                "upper": round(win_rate_vs(upper, np.percentile(samples[baseline], 97.5)), 2),
+            }
+        )
     return board
 
 
 # ---------------------------------------------------------------------------------------------------------- v2.0
+
 
 def v2_battles(records: list[dict], baseline_of) -> tuple[pd.DataFrame, int, Counter]:
     """v2.0 battle scores (the model's share per counted game), questions with a null game dropped.
 
     Returns the battles (question_id, model, name, category, baseline, score), the number of questions dropped
     for a null game, and the labels outside upstream's table (those questions are dropped too)."""
-    rows, dropped, unknown = [], 0, Counter()
+    unknown: Counter[str] = Counter()
+    rows, dropped = [], 0
     for record in records:
         first, second = labels(record)
         if first is None or second is None:
@@ -277,11 +321,17 @@ def v2_battles(records: list[dict], baseline_of) -> tuple[pd.DataFrame, int, Cou
         if first not in A_SCORE or second not in A_SCORE:
             unknown.update(label for label in (first, second) if label not in A_SCORE)
             continue
-        scores = [A_SCORE[second]] * (STRONG_WEIGHT if second in STRONG else 1) + \
-            [1.0 - A_SCORE[first]] * (STRONG_WEIGHT if first in STRONG else 1)  # game 2 shows the model as A
+        scores = [A_SCORE[second]] * (STRONG_WEIGHT if second in STRONG else 1) + [1.0 - A_SCORE[first]] * (
+            STRONG_WEIGHT if first in STRONG else 1
+        )  # game 2 shows the model as A
         category = record.get("category")
-        common = {"question_id": question_id(record), "model": record["model"].split("/")[-1],
-                  "name": record["model"], "category": category, "baseline": baseline_of(record)}
+        common = {
+            "question_id": question_id(record),
+            "model": record["model"].split("/")[-1],
+            "name": record["model"],
+            "category": category,
+            "baseline": baseline_of(record),
+        }
         rows += [{**common, "score": score} for score in scores]
     columns = ["question_id", "model", "name", "category", "baseline", "score"]
     return pd.DataFrame(rows, columns=columns), dropped, unknown
@@ -294,16 +344,21 @@ def v2_leaderboard(battles: pd.DataFrame, baseline: str, rounds: int = 100, seed
     for model, group in sorted(battles.groupby("model"), key=lambda item: item[0]):
         scores = group["score"].to_numpy(dtype=float)
         means = np.array([scores[generator.randint(0, len(scores), len(scores))].mean() for _ in range(rounds)])
-        board.append({"model": model, "score": round(100 * means.mean(), 2),
-                      "lower": round(100 * np.percentile(means, 5), 2),
-                      "upper": round(100 * np.percentile(means, 95), 2), "n_battles": len(scores)})
+        board.append(
+            {
+                "model": model,
+                "score": round(100 * means.mean(), 2),
+                "lower": round(100 * np.percentile(means, 5), 2),
+                "upper": round(100 * np.percentile(means, 95), 2),
+                "n_battles": len(scores),
+            }
+        )
     if baseline not in {row["model"] for row in board}:
         board.append({"model": baseline, "score": 50.0, "lower": 50.0, "upper": 50.0, "n_battles": 0})
     return sorted(board, key=lambda row: row["model"])
 
 
-def v2_style_features(battles: pd.DataFrame, styles: dict[str, dict[str, np.ndarray]], notes: set[str]) \
-        -> np.ndarray:
+def v2_style_features(battles: pd.DataFrame, styles: dict[str, dict[str, np.ndarray]], notes: set[str]) -> np.ndarray:
     """Per battle: (model - baseline) / (model + baseline) of tokens, and of each markdown density
     (count / (tokens + 1)) (m - b) / (m + b + 1); centred and divided by the (sample) standard deviation."""
     model = _style_rows(battles, styles, "model", names="name")
@@ -311,8 +366,10 @@ def v2_style_features(battles: pd.DataFrame, styles: dict[str, dict[str, np.ndar
     features = np.zeros_like(model)
     total = model[:, 0] + base[:, 0]
     if (total == 0).any():
-        notes.add("style control: a battle where both answers have no tokens gets a length difference of 0 "
-                  "(upstream divides by zero and stops)")
+        notes.add(
+            "style control: a battle where both answers have no tokens gets a length difference of 0 "
+            "(upstream divides by zero and stops)"
+        )
     features[:, 0] = np.divide(model[:, 0] - base[:, 0], total, out=np.zeros_like(total), where=total > 0)
     model_density = model[:, 1:] / (model[:, :1] + 1)
     base_density = base[:, 1:] / (base[:, :1] + 1)
@@ -338,8 +395,9 @@ def _fit_bt_torch(features, outcomes):
     return logits.detach()
 
 
-def v2_style_leaderboard(battles: pd.DataFrame, baseline: str, style: np.ndarray, rounds: int = 100,
-                         seed: int = 42) -> list[dict]:
+def v2_style_leaderboard(
+    battles: pd.DataFrame, baseline: str, style: np.ndarray, rounds: int = 100, seed: int = 42
+) -> list[dict]:
     """Median and 5/95 percentiles over bootstrap Bradley-Terry fits of the win probability against the baseline."""
     import torch
 
@@ -354,22 +412,29 @@ def v2_style_leaderboard(battles: pd.DataFrame, baseline: str, style: np.ndarray
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small fits: one thread is several times faster than contending ones
     try:
-        coefs = torch.stack([_fit_bt_torch(features[torch.from_numpy(p)], outcomes[torch.from_numpy(p)])
-                             for p in picks])[:, :len(models)]
+        coefs = torch.stack(
+            [_fit_bt_torch(features[torch.from_numpy(p)], outcomes[torch.from_numpy(p)]) for p in picks]
+        )[:, : len(models)]
     finally:
         torch.set_num_threads(threads)
-    probs = torch.sigmoid(coefs - coefs[:, column[baseline]:column[baseline] + 1]).double().numpy()
+    probs = torch.sigmoid(coefs - coefs[:, column[baseline] : column[baseline] + 1]).double().numpy()
     board = []
     for model in models:
         values = probs[:, column[model]]
-        board.append({"model": model, "score": round(100 * float(np.percentile(values, 50)), 2),
-                      "lower": round(100 * float(np.percentile(values, 5)), 2),
-                      "upper": round(100 * float(np.percentile(values, 95)), 2),
-                      "n_battles": int((battles["model"] == model).sum())})
+        board.append(
+            {
+                "model": model,
+                "score": round(100 * float(np.percentile(values, 50)), 2),
+                "lower": round(100 * float(np.percentile(values, 5)), 2),
+                "upper": round(100 * float(np.percentile(values, 95)), 2),
+                "n_battles": int((battles["model"] == model).sum()),
+            }
+        )
     return board
 
 
 # ------------------------------------------------------------------------------------------------- position bias
+
 
 def position_bias(records: list[dict], version: str) -> dict:
     """Share of verdicts for the answer shown first (A) or second (B), and how often a question's two games
@@ -378,7 +443,7 @@ def position_bias(records: list[dict], version: str) -> dict:
     counts: Counter = Counter()
     pairs = agree = 0
     for record in records:
-        first, second = (table.get(label) for label in labels(record))
+        first, second = (table.get(label) if label is not None else None for label in labels(record))
         counts.update(position for position in (first, second) if position is not None)
         if first is not None and second is not None:
             pairs += 1
@@ -386,7 +451,14 @@ def position_bias(records: list[dict], version: str) -> dict:
             agree += (first, second) in (("first", "second"), ("second", "first"), ("tie", "tie"))
     total = sum(counts.values())
     share = {key: (counts[key] / total if total else None) for key in ("first", "second", "tie")}
-    degenerate = total > 0 and max(share["first"], share["second"]) > DEGENERATE_SHARE
-    return {"known": total > 0, "n_verdicts": total, "first": share["first"], "second": share["second"],
-            "tie": share["tie"], "n_questions_both_games": pairs, "agreement": agree / pairs if pairs else None,
-            "degenerate": bool(degenerate)}
+    degenerate = total > 0 and max(counts["first"], counts["second"]) / total > DEGENERATE_SHARE  # = max of shares
+    return {
+        "known": total > 0,
+        "n_verdicts": total,
+        "first": share["first"],
+        "second": share["second"],
+        "tie": share["tie"],
+        "n_questions_both_games": pairs,
+        "agreement": agree / pairs if pairs else None,
+        "degenerate": bool(degenerate),
+    }

@@ -18,27 +18,29 @@ from typing import Any
 
 import yaml
 
-from evaluation.records import _read_text, json_kind
+from evaluation.records import read_text
 from realign_data.errors import InputError
+from realign_data.files import json_kind
 
 SETTINGS_NAME = "JUDGE_SETTINGS"
 SETTINGS_KEYS = ("judge_settings", "JUDGE_SETTINGS")
 
 
 class _NotLiteral(Exception):
-    def __init__(self, node: ast.AST, what: str):
+    def __init__(self, node: ast.expr, what: str):
         super().__init__(what)
         self.node, self.what = node, what
 
 
-def _literal(node: ast.AST, names: dict[str, Any]) -> Any:
+def _literal(node: ast.expr, names: dict[str, Any]) -> Any:
     """The value of a literal expression; _NotLiteral for anything that would need running code."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
         return node.value
     if isinstance(node, ast.Dict):
-        if any(key is None for key in node.keys):
+        keys = [key for key in node.keys if key is not None]  # a None key is a ** expansion
+        if len(keys) < len(node.keys):
             raise _NotLiteral(node, "a ** expansion")
-        return {_literal(key, names): _literal(value, names) for key, value in zip(node.keys, node.values, strict=True)}
+        return {_literal(key, names): _literal(value, names) for key, value in zip(keys, node.values, strict=True)}
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(item, names) for item in node.elts]
     if isinstance(node, ast.Name):
@@ -53,7 +55,7 @@ def _literal(node: ast.AST, names: dict[str, Any]) -> Any:
     raise _NotLiteral(node, f"a {type(node).__name__} expression (only literals are read, nothing is run)")
 
 
-def _targets(statement: ast.stmt) -> tuple[list[str], ast.AST | None]:
+def _targets(statement: ast.stmt) -> tuple[list[str], ast.expr | None]:
     if isinstance(statement, ast.Assign):
         return [t.id for t in statement.targets if isinstance(t, ast.Name)], statement.value
     if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
@@ -77,8 +79,9 @@ def _python_settings(path: Path, text: str) -> Any:
             result = _literal(value, names)
         except _NotLiteral as exc:
             if SETTINGS_NAME in targets:
-                raise InputError(f"{path}:{exc.node.lineno}: {SETTINGS_NAME} must be a literal mapping; it uses "
-                                 f"{exc.what}") from None
+                raise InputError(
+                    f"{path}:{exc.node.lineno}: {SETTINGS_NAME} must be a literal mapping; it uses {exc.what}"
+                ) from None
             for target in targets:  # a non-literal rebinding hides any earlier literal value
                 names.pop(target, None)
             continue
@@ -87,8 +90,9 @@ def _python_settings(path: Path, text: str) -> Any:
         if SETTINGS_NAME in targets:
             found = (statement, result)
     if found is None:
-        raise InputError(f"{path}: no top-level assignment to {SETTINGS_NAME} (upstream's utils/judge_utils.py "
-                         "defines it)")
+        raise InputError(
+            f"{path}: no top-level assignment to {SETTINGS_NAME} (upstream's utils/judge_utils.py defines it)"
+        )
     return found[1]
 
 
@@ -104,8 +108,10 @@ def _data_settings(path: Path, text: str) -> Any:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            raise InputError(f"{where}: the judge settings are not valid YAML "
-                             f"({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+            raise InputError(
+                f"{where}: the judge settings are not valid YAML "
+                f"({getattr(exc, 'problem', None) or type(exc).__name__})"
+            ) from None
     if isinstance(data, dict):
         for key in SETTINGS_KEYS:
             if key in data:
@@ -115,17 +121,18 @@ def _data_settings(path: Path, text: str) -> Any:
 
 def read_judge_settings(path: Path) -> dict[str, dict[str, str]]:
     """{category: {"baseline": model, "system_prompt": text}} from upstream's judge_utils.py, YAML or JSON."""
-    text = _read_text(path)
+    text = read_text(path)
     settings = _python_settings(path, text) if path.suffix.lower() == ".py" else _data_settings(path, text)
     if not isinstance(settings, dict) or not settings:
-        raise InputError(f"{path}: the judge settings must map each question category to its 'baseline' and "
-                         f"'system_prompt' (under 'judge_settings' in YAML/JSON), got {json_kind(settings)}")
+        raise InputError(
+            f"{path}: the judge settings must map each question category to its 'baseline' and "
+            f"'system_prompt' (under 'judge_settings' in YAML/JSON), got {json_kind(settings)}"
+        )
     checked = {}
     for category, setting in settings.items():
         where = f"{path}: judge_settings.{category}"
         if not isinstance(setting, dict):
-            raise InputError(f"{where} must be a mapping with 'baseline' and 'system_prompt', got "
-                             f"{json_kind(setting)}")
+            raise InputError(f"{where} must be a mapping with 'baseline' and 'system_prompt', got {json_kind(setting)}")
         for field in ("baseline", "system_prompt"):
             value = setting.get(field)
             if not isinstance(value, str) or not value:

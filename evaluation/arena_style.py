@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.arena import answer_text, read_answer_records
-from evaluation.records import json_kind
 from realign_data.errors import InputError
+from realign_data.files import json_kind
 
 HEADERS = [re.compile(rf"^#{{{level}}}\s", re.MULTILINE) for level in range(1, 7)]
 LISTS = [re.compile(r"^\s*\d+\.\s", re.MULTILINE), re.compile(r"^\s*[-*+]\s", re.MULTILINE)]
@@ -51,8 +51,11 @@ def strip_code_blocks(text: str) -> str:
 def markdown_counts(text: str) -> tuple[int, int, int]:
     """(headers, list items, bold spans) as upstream's ``count_markdown_elements`` after code removal."""
     text = strip_code_blocks(text)
-    return (sum(len(p.findall(text)) for p in HEADERS), sum(len(p.findall(text)) for p in LISTS),
-            sum(len(p.findall(text)) for p in BOLD))
+    return (
+        sum(len(p.findall(text)) for p in HEADERS),
+        sum(len(p.findall(text)) for p in LISTS),
+        sum(len(p.findall(text)) for p in BOLD),
+    )
 
 
 def _count(where: str, metadata: dict, field: str) -> int:
@@ -62,8 +65,10 @@ def _count(where: str, metadata: dict, field: str) -> int:
     else:
         values = [value]
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        raise InputError(f"{where}: field '{field}' of the answer's style metadata must be a count (or counts by "
-                         f"kind), got {json_kind(value)}")
+        raise InputError(
+            f"{where}: field '{field}' of the answer's style metadata must be a count (or counts by "
+            f"kind), got {json_kind(value)}"
+        )
     return sum(values)
 
 
@@ -73,8 +78,13 @@ def answer_style(where: str, record: dict, version: str) -> Style:
         raise InputError(f"{where}: the answer text must be a string, got {json_kind(text)}")
     metadata = record.get(METADATA_FIELD[version])
     if isinstance(metadata, dict) and all(field in metadata for field in FEATURES):
-        return Style(float(_count(where, metadata, "token_len")), _count(where, metadata, "header_count"),
-                     _count(where, metadata, "list_count"), _count(where, metadata, "bold_count"), text)
+        return Style(
+            float(_count(where, metadata, "token_len")),
+            _count(where, metadata, "header_count"),
+            _count(where, metadata, "list_count"),
+            _count(where, metadata, "bold_count"),
+            text,
+        )
     return Style(None, *markdown_counts(text), text)
 
 
@@ -124,11 +134,20 @@ def token_lengths(styles: dict[str, dict[str, Style]], version: str) -> tuple[di
     missing = [style for answers in styles.values() for style in answers.values() if style.tokens is None]
     encoder, reason = (None, "") if not missing else load_tokenizer(version)
     if missing and encoder is None:
-        note = (f"style control: answer length estimated as characters / {CHARS_PER_TOKEN} for every answer, not "
-                f"counted in {TOKENIZER_MODEL[version]} tokens as upstream does ({reason}; {len(missing)} answer(s) "
-                f"lack the token count of upstream's add_markdown_info.py)")
-        return {model: {qid: float(math.ceil(len(style.text) / CHARS_PER_TOKEN)) for qid, style in answers.items()}
-                for model, answers in styles.items()}, note
-    return {model: {qid: style.tokens if style.tokens is not None
-                    else float(len(encoder.encode(style.text, disallowed_special=())))
-                    for qid, style in answers.items()} for model, answers in styles.items()}, ""
+        note = (
+            f"style control: answer length estimated as characters / {CHARS_PER_TOKEN} for every answer, not "
+            f"counted in {TOKENIZER_MODEL[version]} tokens as upstream does ({reason}; {len(missing)} answer(s) "
+            f"lack the token count of upstream's add_markdown_info.py)"
+        )
+        return {
+            model: {qid: float(math.ceil(len(style.text) / CHARS_PER_TOKEN)) for qid, style in answers.items()}
+            for model, answers in styles.items()
+        }, note
+
+    def count(style: Style) -> float:
+        if style.tokens is not None:
+            return style.tokens
+        assert encoder is not None  # this answer lacks its count, so the tokenizer was loaded (or we returned above)
+        return float(len(encoder.encode(style.text, disallowed_special=())))
+
+    return {model: {qid: count(style) for qid, style in answers.items()} for model, answers in styles.items()}, ""

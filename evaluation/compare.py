@@ -11,8 +11,10 @@ import duckdb
 import pandas as pd
 
 from evaluation.alpaca import annotator_label
-from evaluation.records import json_kind, read_table
+from evaluation.alpaca_metrics import interval
+from evaluation.records import read_table
 from realign_data.errors import InputError
+from realign_data.files import json_kind
 
 ARENA_COLUMNS = ("model", "score", "rating_q025", "rating_q975")
 ALPACA_COLUMNS = ("win_rate", "standard_error")
@@ -37,8 +39,11 @@ def _mapping(where: str, mapping: dict, field: str) -> dict:
 def _read_report(folder: Path) -> tuple[Path, dict[str, Any]]:
     path = folder / "report.json"
     if not folder.is_dir():
-        raise InputError(f"{folder}: " + ("not a directory" if folder.exists() else "no such directory")
-                         + " (compare takes report folders written by realign-eval alpaca or arena)")
+        raise InputError(
+            f"{folder}: "
+            + ("not a directory" if folder.exists() else "no such directory")
+            + " (compare takes report folders written by realign-eval alpaca or arena)"
+        )
     if not path.is_file():
         raise InputError(f"{folder}: no report.json (is this a realign-eval report folder?)")
     try:
@@ -62,9 +67,9 @@ def judge_label(report: dict[str, Any]) -> str | None:
     label = report.get("judge_label")
     if isinstance(label, str) and label:
         return label
-    judge = report.get("judge") if isinstance(report.get("judge"), dict) else {}
-    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
-    annotator = judge.get("annotator") if isinstance(judge.get("annotator"), dict) else {}
+    judge = report["judge"] if isinstance(report.get("judge"), dict) else {}
+    settings = report["settings"] if isinstance(report.get("settings"), dict) else {}
+    annotator = judge["annotator"] if isinstance(judge.get("annotator"), dict) else {}
     if "metrics" in report and isinstance(annotator.get("label"), str):
         return annotator["label"]
     if "metrics" in report and isinstance(settings.get("annotator"), str):
@@ -87,43 +92,81 @@ def _report_rows(folder: Path) -> list[dict]:
             if not isinstance(row.get("model"), str):
                 raise InputError(f"{where}: field 'model' must be a string, got {json_kind(row.get('model'))}")
             category = row.get("category")
-            rows.append({"benchmark": report["benchmark"] + (f" {category}" if category else ""),
-                         "model": row["model"], "score": _number(where, row, "score"),
-                         "lower": _number(where, row, "lower", optional=True),
-                         "upper": _number(where, row, "upper", optional=True),
-                         "n": _number(path, report, "n", optional=True), "source": str(folder), "judge": judge})
+            rows.append(
+                {
+                    "benchmark": report["benchmark"] + (f" {category}" if category else ""),
+                    "model": row["model"],
+                    "score": _number(where, row, "score"),
+                    "lower": _number(where, row, "lower", optional=True),
+                    "upper": _number(where, row, "upper", optional=True),
+                    "n": _number(str(path), report, "n", optional=True),
+                    "source": str(folder),
+                    "judge": judge,
+                }
+            )
         return rows
     if "metrics" not in report:
         raise InputError(f"{path}: neither field 'leaderboard' (Arena-Hard) nor field 'metrics' (AlpacaEval)")
     metrics = _mapping(str(path), report, "metrics")
     where = f"{path}: metrics"
     score = _number(where, metrics, "win_rate")
+    assert score is not None  # not optional: _number raises InputError rather than return None
     error = _number(where, metrics, "standard_error", optional=True)
     model = _mapping(str(path), report, "model")
     if not isinstance(model.get("name"), str):
         raise InputError(f"{path}: field 'model.name' must be a string, got {json_kind(model.get('name'))}")
-    return [{"benchmark": report["benchmark"], "model": model["name"], "score": score,
-             "lower": None if error is None else score - 1.96 * error,
-             "upper": None if error is None else score + 1.96 * error,
-             "n": _number(where, metrics, "n_total", optional=True), "source": str(folder), "judge": judge}]
+    lower, upper = interval(score, error)
+    return [
+        {
+            "benchmark": report["benchmark"],
+            "model": model["name"],
+            "score": score,
+            "lower": lower,
+            "upper": upper,
+            "n": _number(where, metrics, "n_total", optional=True),
+            "source": str(folder),
+            "judge": judge,
+        }
+    ]
 
 
 def _published(path: Path) -> list[dict]:
     header = read_table(path, "--reference-leaderboard", ())
     if "win_rate" in header.columns:  # an AlpacaEval leaderboard (first column: model)
-        table = read_table(path, "--reference-leaderboard (an AlpacaEval leaderboard CSV)", ALPACA_COLUMNS,
-                           ALPACA_COLUMNS + (("n_total",) if "n_total" in header.columns else ()))
-        return [{"benchmark": "AlpacaEval 2", "model": str(r.iloc[0]), "score": r["win_rate"],
-                 "lower": r["win_rate"] - 1.96 * r["standard_error"],
-                 "upper": r["win_rate"] + 1.96 * r["standard_error"], "n": r.get("n_total"), "source": "published",
-                 "judge": None}
-                for _, r in table.dropna(subset=list(ALPACA_COLUMNS)).iterrows()]
-    table = read_table(path, "--reference-leaderboard (an Arena-Hard or AlpacaEval leaderboard CSV)",
-                       ARENA_COLUMNS, ARENA_COLUMNS[1:])
-    return [{"benchmark": "Arena-Hard", "model": str(r["model"]), "score": r["score"], "lower": r["rating_q025"],
-             "upper": r["rating_q975"], "n": None, "source": "published",
-             "judge": None}
-            for _, r in table.dropna(subset=list(ARENA_COLUMNS)).iterrows()]
+        table = read_table(
+            path,
+            "--reference-leaderboard (an AlpacaEval leaderboard CSV)",
+            ALPACA_COLUMNS,
+            ALPACA_COLUMNS + (("n_total",) if "n_total" in header.columns else ()),
+        )
+        return [
+            {
+                "benchmark": "AlpacaEval 2",
+                "model": str(r.iloc[0]),
+                "score": r["win_rate"],
+                **dict(zip(("lower", "upper"), interval(r["win_rate"], r["standard_error"]), strict=True)),
+                "n": r.get("n_total"),
+                "source": "published",
+                "judge": None,
+            }
+            for _, r in table.dropna(subset=list(ALPACA_COLUMNS)).iterrows()
+        ]
+    table = read_table(
+        path, "--reference-leaderboard (an Arena-Hard or AlpacaEval leaderboard CSV)", ARENA_COLUMNS, ARENA_COLUMNS[1:]
+    )
+    return [
+        {
+            "benchmark": "Arena-Hard",
+            "model": str(r["model"]),
+            "score": r["score"],
+            "lower": r["rating_q025"],
+            "upper": r["rating_q975"],
+            "n": None,
+            "source": "published",
+            "judge": None,
+        }
+        for _, r in table.dropna(subset=list(ARENA_COLUMNS)).iterrows()
+    ]
 
 
 def leaderboard_rows(folders: list[Path], reference: Path | None) -> tuple[list[str], list[list]]:
@@ -131,10 +174,21 @@ def leaderboard_rows(folders: list[Path], reference: Path | None) -> tuple[list[
     if reference is not None:
         benchmarks = {row["benchmark"] for row in rows}
         rows += [row for row in _published(reference) if row["benchmark"] in benchmarks]
-    frame = pd.DataFrame(rows).astype({"score": float, "lower": float, "upper": float, "n": float,  # noqa: F841
-                                       "judge": object})
-    result = duckdb.sql("SELECT benchmark, model, round(score, 2) AS score, round(lower, 2) AS lower, "
-                        "round(upper, 2) AS upper, CAST(n AS BIGINT) AS n, source, judge FROM frame "
-                        "ORDER BY benchmark, score DESC")
-    return result.columns, [[None if isinstance(v, float) and not math.isfinite(v) else v for v in row]
-                            for row in result.fetchall()]
+    frame = pd.DataFrame(rows).astype(  # noqa: F841 - the SQL below reads the frame by its name
+        {
+            "score": float,
+            "lower": float,
+            "upper": float,
+            "n": float,
+            "judge": object,
+        }
+    )
+    result = duckdb.sql(
+        "SELECT benchmark, model, round(score, 2) AS score, round(lower, 2) AS lower, "
+        "round(upper, 2) AS upper, CAST(n AS BIGINT) AS n, source, judge FROM frame "
+        "ORDER BY benchmark, score DESC"
+    )
+    assert result is not None  # a SELECT always gives a relation (None is for statements without a result)
+    return result.columns, [
+        [None if isinstance(v, float) and not math.isfinite(v) else v for v in row] for row in result.fetchall()
+    ]

@@ -6,12 +6,15 @@ import urllib.request
 from pathlib import Path
 
 from realign_data.errors import RealignError
-from realign_data.models import realign_home
+from realign_data.files import realign_home
 
 ARENA_HARD = ("lm-sys/arena-hard-auto", "efc012e")  # the commit the v0.1 numbers come from
-ARENA_FILES = {"judge_config": "config/judge_config.yaml", "questions": "data/arena-hard-v0.1/question.jsonl",
-               "baseline_answers": "data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl",
-               "judge_code": "gen_judgment.py"}  # read (never run) for v0.1's continuation message
+ARENA_FILES = {
+    "judge_config": "config/judge_config.yaml",
+    "questions": "data/arena-hard-v0.1/question.jsonl",
+    "baseline_answers": "data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl",
+    "judge_code": "gen_judgment.py",
+}  # read (never run) for v0.1's continuation message
 
 
 def fetch(repo: str, commit: str, path: str, option: str) -> Path:

@@ -5,60 +5,32 @@ Files may start with a UTF-8 byte-order mark (as editors on Windows write them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from realign_data.errors import InputError
+from realign_data.files import decode_utf8, json_kind, json_records
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a file")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-
-
-def json_kind(value: Any) -> str:
-    """The JSON name of a parsed value's type (``null``, ``object``, ``array``, ``string``, ...)."""
-    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
+def read_text(path: Path) -> str:
+    """A file's UTF-8 text; a folder, a missing file or bytes that are not UTF-8 are an InputError naming it."""
+    return decode_utf8(_read_bytes(path), str(path))
 
 
 def read_located(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``[(where, record)]`` with ``where`` = ``file:line`` (JSONL) or ``file: row i`` (JSON array)."""
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        located = [(f"{path}: row {index}", row) for index, row in enumerate(rows)]
-    else:
-        located = []
-        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold U+2028
-            if line.strip():
-                try:
-                    located.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    try:  # a whole-file JSON value that is not an array (a pretty-printed object, say)
-                        whole = json.loads(text)
-                    except json.JSONDecodeError:
-                        raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-                    raise InputError(f"{path}: expected a JSON array of objects or JSONL (one object a line), "
-                                     f"got one JSON {json_kind(whole)}") from None
-    for where, record in located:
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a JSON object, got {json_kind(record)}")
-    return located
+    return json_records(_read_bytes(path), str(path))
 
 
 def require(where: str, record: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -81,8 +53,9 @@ def read_records(path: Path, fields: tuple[str, ...] = (), strings: tuple[str, .
     return [record for _, record in located]
 
 
-def read_located_records(path: Path, fields: tuple[str, ...] = (), strings: tuple[str, ...] = ()) \
-        -> list[tuple[str, dict[str, Any]]]:
+def read_located_records(
+    path: Path, fields: tuple[str, ...] = (), strings: tuple[str, ...] = ()
+) -> list[tuple[str, dict[str, Any]]]:
     located = read_located(path)
     if not located:
         raise InputError(f"{path}: no records")
@@ -92,26 +65,27 @@ def read_located_records(path: Path, fields: tuple[str, ...] = (), strings: tupl
     return located
 
 
-def read_table(path: Path, option: str, columns: tuple[str, ...], numeric: tuple[str, ...] = (),
-               index_col: int | None = None):
+def read_table(
+    path: Path, option: str, columns: tuple[str, ...], numeric: tuple[str, ...] = (), index_col: int | None = None
+):
     """A CSV table (pandas) with ``columns``; values of ``numeric`` columns must be numbers (empty cells allowed)."""
     import pandas as pd
 
-    _read_text(path)  # exists, is a file, is UTF-8
+    read_text(path)  # exists, is a file, is UTF-8
     try:
         table = pd.read_csv(path, index_col=index_col, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise InputError(f"{path}: not a CSV table ({option}): {exc}") from None
     missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} ({option} needs "
-                         f"{', '.join(columns)})")
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} ({option} needs {', '.join(columns)})"
+        )
     for column in numeric:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() & table[column].notna()
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise InputError(f"{path}:{row + 2}: column '{column}' must be a number, got "
-                             f"{table[column].iloc[row]!r}")
+            raise InputError(f"{path}:{row + 2}: column '{column}' must be a number, got {table[column].iloc[row]!r}")
         table[column] = values
     return table

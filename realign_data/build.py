@@ -29,7 +29,9 @@ from filelock import FileLock, Timeout
 
 from realign_data.config import NO_BASE_URLS, BuildConfig, EngineConfig, ModelConfig, config_to_dict
 from realign_data.engines import GenerationRequest, SamplingParams, create_engine
+from realign_data.engines.base import model_identity
 from realign_data.errors import InputError, RealignError
+from realign_data.files import content_key, write_json
 from realign_data.models import (
     chat_template_sha256,
     load_model,
@@ -38,21 +40,30 @@ from realign_data.models import (
     resolve_model,
     token_ids_sha256,
 )
-from realign_data.pairs import PromptResults, Provenance, Response, build_pairs, mix_pairs, revision_prompt
+from realign_data.pairs import PairOrigin, PromptResults, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.prompts import PromptSet, load_prompts
 from realign_data.provenance import redact, utc_now
-from realign_data.runs import StageCache, content_key
+from realign_data.runs import StageCache
 from realign_data.schema import PAIR_SCHEMA
 from realign_data.scoring import LogprobJudge, RewardModelScorer, ScoreItem, TextJudge
-from realign_data.store import HOST, Store, Version, check_name, write_json
+from realign_data.store import HOST, Store, Version, check_name
 from realign_data.templates import load_template
 
 STAGES = ("generate", "score", "revise", "pairs")
 TaskFactory = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 EXAMPLES = 3  # failed items named in an error when nothing of a stage succeeded
 
-SAMPLES = pa.schema([("key", pa.string()), ("prompt_id", pa.string()), ("index", pa.int32()), ("text", pa.string()),
-                     ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()), ("finish_reason", pa.string())])
+SAMPLES = pa.schema(
+    [
+        ("key", pa.string()),
+        ("prompt_id", pa.string()),
+        ("index", pa.int32()),
+        ("text", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+    ]
+)
 SCORES = pa.schema([("key", pa.string()), ("score", pa.float64()), ("detail", pa.string())])
 
 
@@ -64,7 +75,7 @@ class BuildResult:
     dropped: Counter = field(default_factory=Counter)
     mix: dict[str, dict] = field(default_factory=dict)
     failures: dict[str, list[dict]] = field(default_factory=dict)  # stage -> [{id, reason, detail}]
-    retries: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> {reason: count}
+    retries: dict[str, Counter[str]] = field(default_factory=dict)  # stage -> {reason: count}
     stats: dict[str, Any] = field(default_factory=dict)
     version: Version | None = None
 
@@ -82,17 +93,19 @@ def failure_summary(failures: list[dict]) -> dict[str, int]:
     return dict(sorted(Counter(f["reason"] for f in failures).items()))
 
 
-def server_prompt_ids(engine: EngineConfig, model: str, messages: list[dict[str, str]]) -> tuple[list[int] | None,
-                                                                                                   str]:
+def server_prompt_ids(engine: EngineConfig, model: str, messages: list[dict[str, str]]) -> tuple[list[int] | None, str]:
     """The prompt's tokens as an OpenAI-compatible server renders them for a chat completion, asked of its
     vLLM-style ``POST /tokenize`` (beside ``/v1``), and where they came from; None and the reason when the server
     does not answer that."""
     url = engine.base_urls[0].rstrip("/").removesuffix("/v1") + "/tokenize"
     shown = redact(url)
-    body = json.dumps({"model": model, "messages": messages, "add_generation_prompt": True,
-                       "add_special_tokens": False}).encode()
-    headers = {"Content-Type": "application/json",
-               "Authorization": f"Bearer {os.environ.get(engine.api_key_env) or 'EMPTY'}"}
+    body = json.dumps(
+        {"model": model, "messages": messages, "add_generation_prompt": True, "add_special_tokens": False}
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {os.environ.get(engine.api_key_env) or 'EMPTY'}",
+    }
     try:
         with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=engine.timeout_s) as answer:
             tokens = json.loads(answer.read()).get("tokens")
@@ -106,8 +119,14 @@ def server_prompt_ids(engine: EngineConfig, model: str, messages: list[dict[str,
 
 
 class Build:
-    def __init__(self, config: BuildConfig, store: Store, run_id: str | None = None, fresh: bool = False,
-                 progress: TaskFactory | None = None):
+    def __init__(
+        self,
+        config: BuildConfig,
+        store: Store,
+        run_id: str | None = None,
+        fresh: bool = False,
+        progress: TaskFactory | None = None,
+    ):
         self.config = config
         self.store = store
         run_id = run_id or config.dataset
@@ -118,7 +137,7 @@ class Build:
         self._engines: dict[tuple, Any] = {}
         self._identities: dict[tuple, str] = {}
         self.failures: dict[str, list[dict]] = {}
-        self.retries: dict[str, Counter] = {}
+        self.retries: dict[str, Counter[str]] = {}
         self.computed: Counter = Counter()
         self.revision_template = load_template("revision", ("instruction", "draft"), config.revision.template)
         self.judge_template = load_template("judge", ("instruction", "response"), config.scoring.template)
@@ -128,8 +147,9 @@ class Build:
         """What produced a result, without loading weights: spec@fingerprint, or the served model name."""
         key = (engine.kind, model.spec)
         if key not in self._identities:
-            self._identities[key] = (f"openai:{model.spec}" if engine.kind == "openai"
-                                     else f"{model.spec}@{resolve_model(model.spec).fingerprint()}")
+            self._identities[key] = model_identity(
+                engine.kind, model.spec, lambda: resolve_model(model.spec).fingerprint()
+            )
         return self._identities[key]
 
     def engine(self, engine: EngineConfig, model: ModelConfig):
@@ -146,21 +166,39 @@ class Build:
     def judge(self) -> tuple[EngineConfig, ModelConfig]:
         model = self.config.scoring.model or self.config.policy
         if self.config.scoring.method == "reward_model" and self.config.scoring.model is None:
-            raise InputError("scoring.model is required with scoring.method=reward_model, e.g. "
-                               "--set scoring.model.spec=Skywork/Skywork-Reward-Llama-3.1-8B-v0.2")
+            raise InputError(
+                "scoring.model is required with scoring.method=reward_model, e.g. "
+                "--set scoring.model.spec=Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
+            )
         return self.config.scoring.engine or self.config.engine, model
 
     def sample_params(self) -> SamplingParams:
         g = self.config.generation
-        return SamplingParams(n=g.num_samples, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                              min_p=g.min_p, repetition_penalty=g.repetition_penalty,
-                              max_new_tokens=g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
+        return SamplingParams(
+            n=g.num_samples,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            min_p=g.min_p,
+            repetition_penalty=g.repetition_penalty,
+            max_new_tokens=g.max_new_tokens,
+            seed=g.seed,
+            stop=tuple(g.stop),
+        )
 
     def revision_params(self) -> SamplingParams:
         g, r = self.config.generation, self.config.revision
-        return SamplingParams(n=1, temperature=r.temperature, top_p=g.top_p, top_k=g.top_k, min_p=g.min_p,
-                              repetition_penalty=g.repetition_penalty,
-                              max_new_tokens=r.max_new_tokens or g.max_new_tokens, seed=g.seed, stop=tuple(g.stop))
+        return SamplingParams(
+            n=1,
+            temperature=r.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            min_p=g.min_p,
+            repetition_penalty=g.repetition_penalty,
+            max_new_tokens=r.max_new_tokens or g.max_new_tokens,
+            seed=g.seed,
+            stop=tuple(g.stop),
+        )
 
     # ---- the run folder: one build at a time -----------------------------------------------------------------
     @contextmanager
@@ -179,15 +217,17 @@ class Build:
         except Timeout:
             try:
                 owner = json.loads(owner_file.read_text())
-                who = (f"pid {owner['pid']} on {owner['host']} since {owner['started_at']}: "
-                       f"{owner['command']}")
+                who = f"pid {owner['pid']} on {owner['host']} since {owner['started_at']}: {owner['command']}"
             except (OSError, ValueError, KeyError):
                 who = "another process"
-            raise RealignError(f"run {self.run_dir.name!r} is in use by {who}; wait for it to finish, or pass "
-                               "another --run-id") from None
+            raise RealignError(
+                f"run {self.run_dir.name!r} is in use by {who}; wait for it to finish, or pass another --run-id"
+            ) from None
         try:
-            write_json(owner_file, {"host": HOST, "pid": os.getpid(), "started_at": utc_now(),
-                                    "command": redact(" ".join(sys.argv))})
+            write_json(
+                owner_file,
+                {"host": HOST, "pid": os.getpid(), "started_at": utc_now(), "command": redact(" ".join(sys.argv))},
+            )
             if self.fresh:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
                 self.fresh = False
@@ -197,8 +237,9 @@ class Build:
 
     def fail(self, stage: str, item: str, detail: str) -> None:
         """Count a failed item of ``stage``: it is not cached, so a re-run asks for it again."""
-        self.failures.setdefault(stage, []).append({"id": item, "reason": failure_reason(detail),
-                                                    "detail": detail[:300]})
+        self.failures.setdefault(stage, []).append(
+            {"id": item, "reason": failure_reason(detail), "detail": detail[:300]}
+        )
 
     def _check_stage(self, stage: str, succeeded: int, failed_before: int) -> None:
         """When nothing of a stage succeeded there is nothing to build on: stop, naming some of the failures."""
@@ -206,13 +247,15 @@ class Build:
         if failed and not succeeded:
             reasons = ", ".join(f"{r}={n}" for r, n in failure_summary(failed).items())
             shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:80]}" for f in failed[:EXAMPLES])
-            raise RealignError(f"{stage}: every request failed ({len(failed)} failure(s): {reasons}); "
-                               f"e.g. {shown}")
+            raise RealignError(f"{stage}: every request failed ({len(failed)} failure(s): {reasons}); e.g. {shown}")
 
     def _count_retries(self, stage: str, engine, before: Counter) -> None:
         stats = getattr(engine, "stats", Counter())
-        delta = {key.removeprefix("retry:"): stats[key] - before.get(key, 0) for key in stats
-                 if key.startswith("retry:") and stats[key] > before.get(key, 0)}
+        delta = {
+            key.removeprefix("retry:"): stats[key] - before.get(key, 0)
+            for key in stats
+            if key.startswith("retry:") and stats[key] > before.get(key, 0)
+        }
         if delta:
             self.retries.setdefault(stage, Counter()).update(delta)
 
@@ -224,8 +267,9 @@ class Build:
             tokenizer = load_tokenizer(resolve_model(spec))
         return load_prompts(self.config.prompts, tokenizer)
 
-    def _run_requests(self, stage: str, cache: StageCache, requests: list[GenerationRequest], engine_model,
-                      rows_for: Callable) -> None:
+    def _run_requests(
+        self, stage: str, cache: StageCache, requests: list[GenerationRequest], engine_model, rows_for: Callable
+    ) -> None:
         """Send the requests whose results are not cached yet; cache each non-empty result as soon as it arrives.
 
         A failed request and an empty (or whitespace-only) response are counted, never cached."""
@@ -242,8 +286,9 @@ class Build:
                     continue
                 for row in rows_for(result):
                     if not row["text"].strip():
-                        self.fail(stage, f"{row['prompt_id']}#{row['index']}", "empty response: the model "
-                                  "returned no text")
+                        self.fail(
+                            stage, f"{row['prompt_id']}#{row['index']}", "empty response: the model returned no text"
+                        )
                         continue
                     cache.add(row)
                     self.computed[stage] += 1
@@ -258,19 +303,33 @@ class Build:
         params = self.sample_params()
         identity = self.identity(self.config.engine, self.config.policy)
         key_params = {k: v for k, v in params.as_dict().items() if k != "n"}
-        keys = {p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
-                for p in prompts.prompts}
+        keys = {
+            p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
+            for p in prompts.prompts
+        }
         cache = StageCache(self.run_dir / "generate", SAMPLES)
-        missing = [GenerationRequest(p.prompt_id, p.messages, params) for p in prompts.prompts
-                   if not all(k in cache for k in keys[p.prompt_id])]
+        missing = [
+            GenerationRequest(p.prompt_id, p.messages, params)
+            for p in prompts.prompts
+            if not all(k in cache for k in keys[p.prompt_id])
+        ]
 
         def rows_for(result):
-            return [{"key": keys[result.request_id][i], "prompt_id": result.request_id, "index": i, "text": c.text,
-                     "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                     "finish_reason": c.finish_reason} for i, c in enumerate(result.completions)]
+            return [
+                {
+                    "key": keys[result.request_id][i],
+                    "prompt_id": result.request_id,
+                    "index": i,
+                    "text": c.text,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(result.completions)
+            ]
 
         self._run_requests("generate", cache, missing, (self.config.engine, self.config.policy), rows_for)
-        present = {pid: [cache.get(k) for k in ks if k in cache] for pid, ks in keys.items()}
+        present = {pid: [row for k in ks if (row := cache.get(k)) is not None] for pid, ks in keys.items()}
         return {pid: rows for pid, rows in present.items() if rows}
 
     def scorer_id(self) -> str:
@@ -285,21 +344,27 @@ class Build:
         scoring = self.config.scoring
         if scoring.method == "reward_model":
             model = resolve_model(model_config.spec)
-            return RewardModelScorer(load_model(model, "reward", model_config.dtype, model_config.device),
-                                     load_tokenizer(model), self.scorer_id(), scoring.batch_size)
+            return RewardModelScorer(
+                load_model(model, "reward", model_config.dtype, model_config.device),
+                load_tokenizer(model),
+                scoring.batch_size,
+            )
         if engine_config.kind == "hf":
-            return LogprobJudge(self.engine(engine_config, model_config), self.judge_template, self.scorer_id(),
-                                scoring.batch_size)
-        return TextJudge(self.engine(engine_config, model_config), self.judge_template, self.scorer_id(),
-                         scoring.max_attempts)
+            return LogprobJudge(self.engine(engine_config, model_config), self.judge_template, scoring.batch_size)
+        return TextJudge(self.engine(engine_config, model_config), self.judge_template, scoring.max_attempts)
 
     def score(self, items: list[ScoreItem], stage: str = "score") -> dict[str, float | None]:
         """Scores by item key (None where the scorer could not rate)."""
         scorer_id = self.scorer_id()
         content = {item.key: content_key("score", scorer_id, item.prompt, item.response) for item in items}
         cache = StageCache(self.run_dir / "score", SCORES)
-        missing = list({content[item.key]: ScoreItem(content[item.key], item.prompt, item.response)
-                        for item in items if content[item.key] not in cache}.values())
+        missing = list(
+            {
+                content[item.key]: ScoreItem(content[item.key], item.prompt, item.response)
+                for item in items
+                if content[item.key] not in cache
+            }.values()
+        )
         advance = self.progress(stage, len(missing))
         if missing:
             scorer = self.scorer()
@@ -336,17 +401,24 @@ class Build:
             ids, detail = server_prompt_ids(engine, model.spec, probe.messages)
             record.update(rendered_by=f"the server's chat template, seen through {detail}", chat_template_sha256=None)
             if ids is None:
-                record.update(rendered_by="the server's chat template, unseen",
-                              note=f"the server's prompt tokens are unknown ({detail}); realign-train cannot check "
-                                   "that it trains on the prompt tokens the policy was sampled with")
+                record.update(
+                    rendered_by="the server's chat template, unseen",
+                    note=f"the server's prompt tokens are unknown ({detail}); realign-train cannot check "
+                    "that it trains on the prompt tokens the policy was sampled with",
+                )
         else:
             tokenizer = load_tokenizer(resolve_model(model.spec))
             ids = prompt_token_ids(tokenizer, probe.messages)
-            record.update(rendered_by=f"the {engine.kind} engine: the chat template of {model.spec}",
-                          chat_template_sha256=chat_template_sha256(tokenizer))
-        record["probe"] = {"prompt_id": probe.prompt_id, "messages": probe.messages,
-                           "token_ids_sha256": token_ids_sha256(ids) if ids is not None else None,
-                           "tokens": len(ids) if ids is not None else None}
+            record.update(
+                rendered_by=f"the {engine.kind} engine: the chat template of {model.spec}",
+                chat_template_sha256=chat_template_sha256(tokenizer),
+            )
+        record["probe"] = {
+            "prompt_id": probe.prompt_id,
+            "messages": probe.messages,
+            "token_ids_sha256": token_ids_sha256(ids) if ids is not None else None,
+            "tokens": len(ids) if ids is not None else None,
+        }
         return record
 
     def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
@@ -355,26 +427,38 @@ class Build:
         identity = self.identity(*self.reviser)
         drafts = {}  # key -> (prompt, position of the draft among the prompt's samples, the draft sample)
         for prompt in prompts.prompts:
-            for index, draft in enumerate(samples.get(prompt.prompt_id, [])[:self.config.revision.drafts_per_prompt]):
-                key = content_key("revise", identity, self.revision_template.sha256, params.as_dict(),
-                                  prompt.prompt_id, draft["text"])
+            for index, draft in enumerate(samples.get(prompt.prompt_id, [])[: self.config.revision.drafts_per_prompt]):
+                key = content_key(
+                    "revise", identity, self.revision_template.sha256, params.as_dict(), prompt.prompt_id, draft["text"]
+                )
                 drafts[key] = (prompt, index, draft)
         cache = StageCache(self.run_dir / "revise", SAMPLES)
-        missing = [GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, draft["text"]),
-                                     params) for key, (prompt, _, draft) in drafts.items() if key not in cache]
+        missing = [
+            GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, draft["text"]), params)
+            for key, (prompt, _, draft) in drafts.items()
+            if key not in cache
+        ]
 
         def rows_for(result):  # "index": the sample index of the draft it revises
             prompt, _, draft = drafts[result.request_id]
             c = result.completions[0]
-            return [{"key": result.request_id, "prompt_id": prompt.prompt_id, "index": draft["index"], "text": c.text,
-                     "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                     "finish_reason": c.finish_reason}]
+            return [
+                {
+                    "key": result.request_id,
+                    "prompt_id": prompt.prompt_id,
+                    "index": draft["index"],
+                    "text": c.text,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "finish_reason": c.finish_reason,
+                }
+            ]
 
         self._run_requests("revise", cache, missing, self.reviser, rows_for)
         revisions: dict[str, dict[int, dict]] = {}
         for key, (prompt, index, _) in drafts.items():
-            if key in cache:
-                revisions.setdefault(prompt.prompt_id, {})[index] = cache.get(key)
+            if (row := cache.get(key)) is not None:
+                revisions.setdefault(prompt.prompt_id, {})[index] = row
         return revisions
 
     # ---- the whole run ---------------------------------------------------------------------------------------
@@ -390,8 +474,7 @@ class Build:
         roles = [(self.config.engine, self.config.policy)]
         if STAGES.index(until) >= 1:
             roles.append(self.judge)
-        if STAGES.index(until) >= 2 and set(self.config.pairs.types) & {"revision", "revision_direct",
-                                                                          "reviser_train"}:
+        if STAGES.index(until) >= 2 and set(self.config.pairs.types) & {"revision", "revision_direct", "reviser_train"}:
             roles.append(self.reviser)
         for engine, model in roles:
             if engine.kind == "openai" and not engine.base_urls:
@@ -403,8 +486,7 @@ class Build:
     def _run(self, prompts: PromptSet, until: str) -> BuildResult:
         samples = self.generate(prompts)
         by_id = {p.prompt_id: p for p in prompts.prompts}
-        result = BuildResult(prompts, [], failures=self.failures,
-                             retries=self.retries)
+        result = BuildResult(prompts, [], failures=self.failures, retries=self.retries)
         sample_scores: dict[str, float | None] = {}
         reference_scores: dict[str, float | None] = {}
         if STAGES.index(until) >= 1:
@@ -417,23 +499,40 @@ class Build:
         wants_revisions = set(self.config.pairs.types) & {"revision", "revision_direct", "reviser_train"}
         if STAGES.index(until) >= 2 and wants_revisions:
             revisions = self.revise(prompts, samples)
-            revision_scores = self.score([ScoreItem(r["key"], by_id[pid].messages, r["text"])
-                                          for pid, rows in revisions.items() for r in rows.values()], "score revisions")
+            revision_scores = self.score(
+                [
+                    ScoreItem(r["key"], by_id[pid].messages, r["text"])
+                    for pid, rows in revisions.items()
+                    for r in rows.values()
+                ],
+                "score revisions",
+            )
         for pid, rows in samples.items():
-            result.results.append(PromptResults(
-                pid, by_id[pid].messages,
-                [Response(s["text"], sample_scores.get(s["key"]), f"sample:{s['index']}") for s in rows],
-                {i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{r['index']}")
-                 for i, r in revisions.get(pid, {}).items()},
-                Response(by_id[pid].reference, reference_scores.get(pid), "reference") if by_id[pid].reference
-                else None))
+            reference = by_id[pid].reference
+            result.results.append(
+                PromptResults(
+                    pid,
+                    by_id[pid].messages,
+                    [Response(s["text"], sample_scores.get(s["key"]), f"sample:{s['index']}") for s in rows],
+                    {
+                        i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{r['index']}")
+                        for i, r in revisions.get(pid, {}).items()
+                    },
+                    Response(reference, reference_scores.get(pid), "reference") if reference else None,
+                )
+            )
         result.stats = self._stats(prompts, samples, sample_scores, revisions, revision_scores)
         if until == "pairs":
-            provenance = Provenance(self.identity(self.config.engine, self.config.policy),
-                                    self.identity(*self.reviser) if wants_revisions else None, self.scorer_id(),
-                                    self.sample_params().as_dict(), self.revision_params().as_dict())
-            rows, result.dropped = build_pairs(result.results, self.config.pairs.types, self.config.pairs.min_margin,
-                                               self.revision_template, provenance)
+            origin = PairOrigin(
+                self.identity(self.config.engine, self.config.policy),
+                self.identity(*self.reviser) if wants_revisions else None,
+                self.scorer_id(),
+                self.sample_params().as_dict(),
+                self.revision_params().as_dict(),
+            )
+            rows, result.dropped = build_pairs(
+                result.results, self.config.pairs.types, self.config.pairs.min_margin, self.revision_template, origin
+            )
             result.rows, result.mix = mix_pairs(rows, self.config.pairs.mix, self.config.pairs.seed)
         return result
 
@@ -442,17 +541,25 @@ class Build:
             values = [v for v in values if v is not None]
             if not values:
                 return {}
-            return {"n": len(values), "mean": round(statistics.fmean(values), 4), "min": round(min(values), 4),
-                    "max": round(max(values), 4)}
+            return {
+                "n": len(values),
+                "mean": round(statistics.fmean(values), 4),
+                "min": round(min(values), 4),
+                "max": round(max(values), 4),
+            }
 
         flat = [s for rows in samples.values() for s in rows]
         revised = [r for rows in revisions.values() for r in rows.values()]
         return {
-            "prompts": len(prompts.prompts), "prompts_with_samples": len(samples), "samples": len(flat),
-            "revisions": len(revised), "computed": dict(self.computed),
+            "prompts": len(prompts.prompts),
+            "prompts_with_samples": len(samples),
+            "samples": len(flat),
+            "revisions": len(revised),
+            "computed": dict(self.computed),
             "sample_tokens": sum(s["completion_tokens"] for s in flat),
             "truncated_samples": sum(s["finish_reason"] == "length" for s in flat),
-            "sample_scores": describe(sample_scores.values()), "revision_scores": describe(revision_scores.values()),
+            "sample_scores": describe(sample_scores.values()),
+            "revision_scores": describe(revision_scores.values()),
             "failures": {stage: failure_summary(items) for stage, items in self.failures.items()},
             "retries": {stage: dict(sorted(counts.items())) for stage, counts in self.retries.items()},
         }
@@ -461,20 +568,32 @@ class Build:
         """Write the pairs as a new version of ``config.dataset`` with the full provenance."""
         if not result.rows:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())) or "no candidates"
-            raise InputError(f"no pairs survived the pair rules ({reasons}); try more samples "
-                               "(generation.num_samples), a higher temperature, or pairs.min_margin=0")
-        models = {"policy": {"spec": self.config.policy.spec,
-                             "identity": self.identity(self.config.engine, self.config.policy),
-                             "prompt_rendering": self.prompt_rendering(result.prompts)},
-                  "scorer": {"id": self.scorer_id()}}
+            raise InputError(
+                f"no pairs survived the pair rules ({reasons}); try more samples "
+                "(generation.num_samples), a higher temperature, or pairs.min_margin=0"
+            )
+        models = {
+            "policy": {
+                "spec": self.config.policy.spec,
+                "identity": self.identity(self.config.engine, self.config.policy),
+                "prompt_rendering": self.prompt_rendering(result.prompts),
+            },
+            "scorer": {"id": self.scorer_id()},
+        }
         if self.config.revision.reviser or set(self.config.pairs.types) - {"on_policy"}:
             models["reviser"] = {"spec": self.reviser[1].spec, "identity": self.identity(*self.reviser)}
         table = pa.Table.from_pylist(result.rows, schema=PAIR_SCHEMA)
         result.version = self.store.write_version(
-            self.config.dataset, [table], config=config_to_dict(self.config),
-            inputs={"prompts": result.prompts.provenance(), "run_dir": str(self.run_dir)},
+            self.config.dataset,
+            [table],
+            config=config_to_dict(self.config),
+            inputs={"prompts": result.prompts.record(), "run_dir": str(self.run_dir)},
             models=models,
-            stats={**result.stats, "dropped": dict(result.dropped), "mix": {"weights": self.config.pairs.mix,
-                   "seed": self.config.pairs.seed, "counts": result.mix},
-                   "failed_requests": result.failures})
+            stats={
+                **result.stats,
+                "dropped": dict(result.dropped),
+                "mix": {"weights": self.config.pairs.mix, "seed": self.config.pairs.seed, "counts": result.mix},
+                "failed_requests": result.failures,
+            },
+        )
         return result.version

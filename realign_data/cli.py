@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,23 +22,29 @@ from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load
 if TYPE_CHECKING:
     from realign_data.build import BuildResult
 from realign_data.errors import InputError, main_with_errors
+from realign_data.files import json_text
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.prompts import length_stats, load_prompts
-from realign_data.store import Store, json_safe
+from realign_data.store import Store
 
 app = typer.Typer(
     help="Build, inspect and query versioned ReAlign preference-pair datasets.\n\n"
-         "Datasets live in a store (--store or $REALIGN_STORE, default ./realign-store) as immutable NAME@vN "
-         "versions, catalogued in DuckDB.\n\n"
-         "Exit codes: 0 done, 2 bad input (nothing written), 1 the environment failed (disk, network, server). "
-         "Add --debug to any command (or set REALIGN_DEBUG=1) for the full traceback of an error.",
-    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+    "Datasets live in a store (--store or $REALIGN_STORE, default ./realign-store) as immutable NAME@vN "
+    "versions, catalogued in DuckDB.\n\n"
+    "Exit codes: 0 done, 2 bad input (nothing written), 1 the environment failed (disk, network, server). "
+    "Add --debug to any command (or set REALIGN_DEBUG=1) for the full traceback of an error.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Inspect the effective configuration of a manifest.", no_args_is_help=True)
-models_app = typer.Typer(help="Resolve and inspect model specs (Hub ids, directories, .gguf files, aliases).",
-                         no_args_is_help=True)
-recipe_app = typer.Typer(help="Run the whole ReAlign loop from one recipe manifest.", no_args_is_help=True)
-catalog_app = typer.Typer(help="The DuckDB catalog (catalog.duckdb): rebuilt from the version manifests.",
-                          no_args_is_help=True)
+models_app = typer.Typer(
+    help="Resolve and inspect model specs (Hub ids, directories, .gguf files, aliases).", no_args_is_help=True
+)
+recipe_app = typer.Typer(help="Moved: the whole loop is `realign-train recipe MANIFEST`.", no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="The DuckDB catalog (catalog.duckdb): rebuilt from the version records.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
@@ -57,17 +63,20 @@ class ExportFormat(StrEnum):
     parquet = "parquet"
 
 
-StoreOption = Annotated[Path | None, typer.Option("--store", envvar="REALIGN_STORE", show_default="./realign-store",
-                                                  help="Store root directory.")]
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", envvar="REALIGN_STORE", show_default="./realign-store", help="Store root directory."),
+]
 ManifestOption = Annotated[Path | None, typer.Option("--manifest", "-m", help="YAML manifest (see manifests/).")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set generation.temperature=0.7"
-                                                     " (repeatable).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a field: --set generation.temperature=0.7 (repeatable).")
+]
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
 def print_json(data: Any) -> None:
     """JSON that every parser reads: NaN and infinities become null."""
-    print(json.dumps(json_safe(data), indent=2, default=str, ensure_ascii=False, allow_nan=False))
+    print(json_text(data, indent=2))
 
 
 def emit(columns: list[str], rows: list[Any], fmt: Format, title: str | None = None) -> None:
@@ -104,8 +113,11 @@ def _tell_store_notices() -> None:
 
 
 @config_app.command("show")
-def config_show(manifest: ManifestOption = None, set_: SetOption = None,
-                fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json")] = "yaml") -> None:
+def config_show(
+    manifest: ManifestOption = None,
+    set_: SetOption = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json")] = "yaml",
+) -> None:
     """Print the effective build config: defaults, then the manifest, then --set overrides.
 
     Example: realign-data config show -m manifests/smoke-cpu.yaml --set generation.temperature=0.7
@@ -120,15 +132,25 @@ def config_show(manifest: ManifestOption = None, set_: SetOption = None,
 
 
 @models_app.command("show")
-def models_show(spec: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or the alias "
-                                                    "smollm2-135m-instruct.")],
-                fmt: FormatOption = Format.table) -> None:
+def models_show(
+    spec: Annotated[
+        str, typer.Argument(help="Hub id, local directory, .gguf file, or the alias smollm2-135m-instruct.")
+    ],
+    fmt: FormatOption = Format.table,
+) -> None:
     """Resolve a model spec (converting GGUF once) and print its path, architecture, size and fingerprint."""
     _quiet_transformers()
     model = resolve_model(spec)
     params = model.num_parameters()
-    info = {"spec": spec, "source": model.source, "path": str(model.path), "architecture": model.architecture,
-            "parameters": params, "chat_template": model.has_chat_template, "fingerprint": model.fingerprint()}
+    info = {
+        "spec": spec,
+        "source": model.source,
+        "path": str(model.path),
+        "architecture": model.architecture,
+        "parameters": params,
+        "chat_template": model.has_chat_template,
+        "fingerprint": model.fingerprint(),
+    }
     if fmt is Format.json:
         print_json(info)
         return
@@ -138,18 +160,22 @@ def models_show(spec: Annotated[str, typer.Argument(help="Hub id, local director
 
 @app.command("prompts")
 def prompts_preview(
-        source: Annotated[str, typer.Argument(help="builtin, a .jsonl/.json/.parquet/.csv file, or a Hub ID:SPLIT.")],
-        prompt_column: Annotated[str | None, typer.Option(
-            help="Text or chat-messages column (default: prompt, instruction, messages, question).")] = None,
-        limit: Annotated[int | None, typer.Option(min=1, help="Keep at most N prompts (seeded sample).")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-        min_chars: Annotated[int, typer.Option(min=0)] = 1,
-        max_chars: Annotated[int | None, typer.Option(min=1)] = None,
-        max_tokens: Annotated[int | None, typer.Option(min=1, help="Drop prompts longer than N tokens "
-                                                       "under --tokenizer.")] = None,
-        tokenizer: Annotated[str | None, typer.Option(help="Model spec whose tokenizer counts tokens.")] = None,
-        show: Annotated[int, typer.Option(min=0, help="How many prompts to preview.")] = 5,
-        fmt: FormatOption = Format.table) -> None:
+    source: Annotated[str, typer.Argument(help="builtin, a .jsonl/.json/.parquet/.csv file, or a Hub ID:SPLIT.")],
+    prompt_column: Annotated[
+        str | None,
+        typer.Option(help="Text or chat-messages column (default: prompt, instruction, messages, question)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Keep at most N prompts (seeded sample).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    min_chars: Annotated[int, typer.Option(min=0)] = 1,
+    max_chars: Annotated[int | None, typer.Option(min=1)] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Drop prompts longer than N tokens under --tokenizer.")
+    ] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Model spec whose tokenizer counts tokens.")] = None,
+    show: Annotated[int, typer.Option(min=0, help="How many prompts to preview.")] = 5,
+    fmt: FormatOption = Format.table,
+) -> None:
     """Validate and preview a prompt source: counts, duplicates dropped, length stats, a few prompts.
 
     Bad input (invalid JSON line, missing column, empty value, bad bytes, wrong Parquet schema) stops with one \
@@ -157,53 +183,90 @@ line naming the file, line or row and the field, and exit code 2.
     """
     if max_tokens is not None and tokenizer is None:
         raise InputError("--max-tokens needs --tokenizer SPEC (e.g. --tokenizer smollm2-135m-instruct)")
-    config = PromptsConfig(source=source, column=prompt_column, limit=limit, seed=seed, min_chars=min_chars,
-                           max_chars=max_chars, max_tokens=max_tokens, tokenizer=tokenizer)
+    config = PromptsConfig(
+        source=source,
+        column=prompt_column,
+        limit=limit,
+        seed=seed,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer,
+    )
     tok = load_tokenizer(resolve_model(tokenizer)) if tokenizer else None
     prompt_set = load_prompts(config, tok)
     stats = {"chars": length_stats([p.num_chars for p in prompt_set.prompts])}
     if prompt_set.token_lengths is not None:
         stats["tokens"] = length_stats(prompt_set.token_lengths)
     if fmt is Format.json:
-        print_json({**prompt_set.provenance(), "lengths": stats,
-                    "preview": [{"prompt_id": p.prompt_id, "messages": p.messages} for p in prompt_set.prompts[:show]]})
+        print_json(
+            {
+                **prompt_set.record(),
+                "lengths": stats,
+                "preview": [{"prompt_id": p.prompt_id, "messages": p.messages} for p in prompt_set.prompts[:show]],
+            }
+        )
         return
-    emit(["count", "value"], list(prompt_set.counts.items()), fmt,
-         title=f"{source} (column '{prompt_set.column}')")
-    emit(["length", "min", "median", "mean", "max"],
-         [[unit, *values.values()] for unit, values in stats.items() if values], fmt)
-    emit(["prompt_id", "from", "instruction"],
-         [[p.prompt_id[:12], p.location, p.instruction[:100]] for p in prompt_set.prompts[:show]], fmt)
+    emit(["count", "value"], list(prompt_set.counts.items()), fmt, title=f"{source} (column '{prompt_set.column}')")
+    emit(
+        ["length", "min", "median", "mean", "max"],
+        [[unit, *values.values()] for unit, values in stats.items() if values],
+        fmt,
+    )
+    emit(
+        ["prompt_id", "from", "instruction"],
+        [[p.prompt_id[:12], p.location, p.instruction[:100]] for p in prompt_set.prompts[:show]],
+        fmt,
+    )
 
 
 @app.command("list")
 def list_versions(store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
     """List every dataset version in the store."""
     target = open_store(store)
-    rows = [[v.ref, v.manifest["created_at"], v.manifest["num_rows"],
-             ", ".join(f"{k}={n}" for k, n in v.manifest["rows_by_pair_type"].items())]
-            for v in target.versions()]
+    rows = [
+        [
+            v.ref,
+            v.record["created_at"],
+            v.record["num_rows"],
+            ", ".join(f"{k}={n}" for k, n in v.record["rows_by_pair_type"].items()),
+        ]
+        for v in target.versions()
+    ]
     emit(["version", "created_at", "rows", "pair_types"], rows, fmt, title=str(target.root))
 
 
 @app.command("show")
-def show(ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its latest version.")],
-         store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME@vN, or NAME for its latest version.")],
+    store: StoreOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
     """Describe a version: rows by pair_type, score and margin quantiles, response lengths, models."""
     summary = open_store(store).summary(ref)
     if fmt is Format.json:
         print_json(summary)
         return
     columns = ["pair type", "rows", "prompts", "margin min / med / max", "score c / r", "chars c / r"]
-    rows = [[t["pair_type"], t["rows"], t["prompts"], _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
-             _slashed([t["chosen_score_q"][1], t["rejected_score_q"][1]]),
-             f"{t['chosen_chars_mean']:.0f} / {t['rejected_chars_mean']:.0f}"] for t in summary["by_pair_type"]]
+    rows = [
+        [
+            t["pair_type"],
+            t["rows"],
+            t["prompts"],
+            _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
+            _slashed([t["chosen_score_q"][1], t["rejected_score_q"][1]]),
+            f"{t['chosen_chars_mean']:.0f} / {t['rejected_chars_mean']:.0f}",
+        ]
+        for t in summary["by_pair_type"]
+    ]
     models = [[role, m.get("identity") or m.get("id") or m.get("spec")] for role, m in summary["models"].items()]
     if fmt is Format.csv:
         emit(columns, rows, fmt)
         return
-    console.print(f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
-                  f"{summary['bytes']:,} bytes, created {summary['created_at']}")
+    console.print(
+        f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
+        f"{summary['bytes']:,} bytes, created {summary['created_at']}"
+    )
     emit(columns, rows, fmt)
     console.print("c / r: chosen / rejected; score: median, chars: mean length")
     if models:
@@ -215,8 +278,11 @@ def _slashed(values: list[float]) -> str:
 
 
 @app.command("query")
-def query(sql: Annotated[str, typer.Argument(help="Read-only SQL over the views `pairs` and `versions`.")],
-          store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+def query(
+    sql: Annotated[str, typer.Argument(help="Read-only SQL over the views `pairs` and `versions`.")],
+    store: StoreOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
     """Run read-only SQL on the catalog (DuckDB). Statements that write are refused.
 
     Example: realign-data query "SELECT dataset, version, pair_type, count(*) FROM pairs GROUP BY ALL"
@@ -227,9 +293,9 @@ def query(sql: Annotated[str, typer.Argument(help="Read-only SQL over the views 
 
 @app.command("verify")
 def verify(ref: Annotated[str, typer.Argument(help="NAME@vN")], store: StoreOption = None) -> None:
-    """Re-hash every file of a version against its manifest; any change is reported and exits 1.
+    """Re-hash every file of a version against its version record; any change is reported and exits 1.
 
-    A missing or damaged catalog is rebuilt from the version manifests first, and that is said.
+    A missing or damaged catalog is rebuilt from the version records first, and that is said.
     """
     target = open_store(store)
     problems = target.verify(ref)
@@ -238,33 +304,35 @@ def verify(ref: Annotated[str, typer.Argument(help="NAME@vN")], store: StoreOpti
         for problem in problems:
             print(f"{version.ref}: {problem}", file=sys.stderr)
         raise typer.Exit(1)
-    console.print(f"{version.ref}: OK, {len(version.manifest['files'])} file(s) match their sha256")
+    console.print(f"{version.ref}: OK, {len(version.record['files'])} file(s) match their sha256")
 
 
 @catalog_app.command("rebuild")
 def catalog_rebuild(store: StoreOption = None) -> None:
-    """Rebuild catalog.duckdb from the version manifests (after a crash, a full disk or a damaged file).
+    """Rebuild catalog.duckdb from the version records (after a crash, a full disk or a damaged file).
 
     The new catalog is written beside the old one, checked, and only then swapped in.
     """
     target = open_store(store)
     before = target.rebuild_catalog()
-    console.print(f"{target.catalog_path}: rebuilt from {len(target.versions())} version manifest(s) "
-                  f"(it was {before})")
+    console.print(f"{target.catalog_path}: rebuilt from {len(target.versions())} version record(s) (it was {before})")
 
 
 @app.command("export")
-def export(ref: Annotated[str, typer.Argument(help="NAME@vN")],
-           out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
-           fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.jsonl,
-           store: StoreOption = None) -> None:
-    """Export a version as one JSONL file or as its Parquet shards plus manifest."""
+def export(
+    ref: Annotated[str, typer.Argument(help="NAME@vN")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.jsonl,
+    store: StoreOption = None,
+) -> None:
+    """Export a version as one JSONL file or as its Parquet shards plus its version record."""
     written = open_store(store).export(ref, fmt.value, out)
     console.print(f"wrote {written}")
 
 
-RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Cache folder under <store>/runs/ "
-                                                  "(default: the dataset name).")]
+RunIdOption = Annotated[
+    str | None, typer.Option("--run-id", help="Cache folder under <store>/runs/ (default: the dataset name).")
+]
 FreshOption = Annotated[bool, typer.Option("--fresh", help="Discard this run's cached stage results first.")]
 
 
@@ -275,9 +343,15 @@ def _build_config(manifest: Path | None, sets: list[str] | None, **options: Any)
 @contextmanager
 def stage_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """One rich progress bar per stage: yields ``task(description, total) -> advance(n)``."""
-    columns = [TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console) as progress:
+
         def task(description: str, total: int) -> Callable[[int], None]:
             task_id = progress.add_task(description, total=total)
             return lambda n: progress.advance(task_id, n)
@@ -292,8 +366,9 @@ def _quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fresh: bool, until: str,
-                commit: bool) -> BuildResult:
+def _run_stages(
+    config: BuildConfig, store: Path | None, run_id: str | None, fresh: bool, until: str, commit: bool
+) -> BuildResult:
     """Run the pipeline with one progress bar per stage; print the summary table."""
     from realign_data.build import Build  # torch and transformers load only for commands that need them
 
@@ -310,8 +385,11 @@ def _run_stages(config: BuildConfig, store: Path | None, run_id: str | None, fre
 def _print_summary(result: BuildResult, until: str) -> None:
     stats = result.stats
     table = Table("", "value", title="realign-data build summary")
-    table.add_row("prompts", f"{stats['prompts']} ({result.prompts.counts['read']} read, "
-                             f"{result.prompts.counts['duplicates']} duplicates dropped)")
+    table.add_row(
+        "prompts",
+        f"{stats['prompts']} ({result.prompts.counts['read']} read, "
+        f"{result.prompts.counts['duplicates']} duplicates dropped)",
+    )
     table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit max_new_tokens)")
     table.add_row("revisions", str(stats["revisions"]))
     table.add_row("computed now", ", ".join(f"{k}={v}" for k, v in stats["computed"].items()) or "all cached")
@@ -321,40 +399,61 @@ def _print_summary(result: BuildResult, until: str) -> None:
             table.add_row(name.replace("_", " "), f"mean {s['mean']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
     if until == "pairs":
         for pair_type, counts in result.mix.items():
-            kept = counts["after"] if counts["before"] == counts["after"] else \
-                f"{counts['after']} (of {counts['before']}, weight {counts['weight']})"
+            kept = (
+                counts["after"]
+                if counts["before"] == counts["after"]
+                else f"{counts['after']} (of {counts['before']}, weight {counts['weight']})"
+            )
             table.add_row(f"pairs {pair_type}", str(kept))
         if result.dropped:
             table.add_row("dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())))
     for stage, failures in result.failures.items():
         reasons = ", ".join(f"{reason}={n}" for reason, n in stats["failures"][stage].items())
         shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:60]}" for f in failures[:3])
-        table.add_row(f"failed in {stage}", f"{len(failures)} ({reasons}), not cached: a rerun retries them; "
-                                            f"e.g. {shown}")
+        table.add_row(
+            f"failed in {stage}", f"{len(failures)} ({reasons}), not cached: a rerun retries them; e.g. {shown}"
+        )
     for stage, retries in stats["retries"].items():
         table.add_row(f"retried in {stage}", ", ".join(f"{reason}={n}" for reason, n in retries.items()))
     if result.version is not None:
         table.add_row("version written", f"[bold green]{result.version.ref}[/] ({len(result.rows)} pairs)")
-        table.add_row("look at it", f'realign-data query "SELECT pair_type, count(*), avg(margin) FROM pairs '
-                                    f"WHERE dataset = '{result.version.name}' AND version = {result.version.version} "
-                                    f'GROUP BY 1"')
+        table.add_row(
+            "look at it",
+            f'realign-data query "SELECT pair_type, count(*), avg(margin) FROM pairs '
+            f"WHERE dataset = '{result.version.name}' AND version = {result.version.version} "
+            f'GROUP BY 1"',
+        )
     console.print(table)
 
 
 def _stage_command(until: str, commit: bool, doc: str):
-    def command(manifest: ManifestOption = None, set_: SetOption = None, store: StoreOption = None,
-                run_id: RunIdOption = None, fresh: FreshOption = False,
-                dataset: Annotated[str | None, typer.Option(help="Dataset name to write.")] = None,
-                prompts: Annotated[str | None, typer.Option(help="Prompt source (builtin, a file, or ID:SPLIT).")]
-                = None,
-                limit: Annotated[int | None, typer.Option(min=1, help="Number of prompts.")] = None,
-                policy: Annotated[str | None, typer.Option(help="Policy model spec.")] = None,
-                engine: Annotated[str | None, typer.Option(help="hf, openai or vllm.")] = None,
-                num_samples: Annotated[int | None, typer.Option(min=1, help="Samples per prompt.")] = None,
-                max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None) -> None:
-        config = _build_config(manifest, set_, **{
-            "dataset": dataset, "prompts.source": prompts, "prompts.limit": limit, "policy.spec": policy,
-            "engine.kind": engine, "generation.num_samples": num_samples, "generation.max_new_tokens": max_new_tokens})
+    def command(
+        manifest: ManifestOption = None,
+        set_: SetOption = None,
+        store: StoreOption = None,
+        run_id: RunIdOption = None,
+        fresh: FreshOption = False,
+        dataset: Annotated[str | None, typer.Option(help="Dataset name to write.")] = None,
+        prompts: Annotated[str | None, typer.Option(help="Prompt source (builtin, a file, or ID:SPLIT).")] = None,
+        limit: Annotated[int | None, typer.Option(min=1, help="Number of prompts.")] = None,
+        policy: Annotated[str | None, typer.Option(help="Policy model spec.")] = None,
+        engine: Annotated[str | None, typer.Option(help="hf, openai or vllm.")] = None,
+        num_samples: Annotated[int | None, typer.Option(min=1, help="Samples per prompt.")] = None,
+        max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    ) -> None:
+        config = _build_config(
+            manifest,
+            set_,
+            **{
+                "dataset": dataset,
+                "prompts.source": prompts,
+                "prompts.limit": limit,
+                "policy.spec": policy,
+                "engine.kind": engine,
+                "generation.num_samples": num_samples,
+                "generation.max_new_tokens": max_new_tokens,
+            },
+        )
         _run_stages(config, store, run_id, fresh, until, commit)
 
     command.__doc__ = doc
@@ -373,24 +472,42 @@ BUILD_HELP = (
     "realign-data build --set pairs.mix='{on_policy: 1, revision: 0.5}' --dataset mixed"
 )
 app.command("build")(_stage_command("pairs", True, BUILD_HELP))
-app.command("generate")(_stage_command("generate", False, "Stage 1: sample K responses per prompt from the policy "
-                                       "(cached; same options as build)."))
-app.command("score")(_stage_command("score", False, "Stage 2: score every sample with the judge or reward model "
-                                    "(runs stage 1 as needed)."))
-app.command("revise")(_stage_command("revise", False, "Stage 3: revise drafts with the reviser and score the "
-                                     "revisions (runs stages 1-2 as needed)."))
-app.command("pairs")(_stage_command("pairs", False, "Stage 4: construct and mix the pairs and print their counts, "
-                                    "without writing a version (runs stages 1-3 as needed)."))
+app.command("generate")(
+    _stage_command(
+        "generate", False, "Stage 1: sample K responses per prompt from the policy (cached; same options as build)."
+    )
+)
+app.command("score")(
+    _stage_command(
+        "score", False, "Stage 2: score every sample with the judge or reward model (runs stage 1 as needed)."
+    )
+)
+app.command("revise")(
+    _stage_command(
+        "revise", False, "Stage 3: revise drafts with the reviser and score the revisions (runs stages 1-2 as needed)."
+    )
+)
+app.command("pairs")(
+    _stage_command(
+        "pairs",
+        False,
+        "Stage 4: construct and mix the pairs and print their counts, "
+        "without writing a version (runs stages 1-3 as needed).",
+    )
+)
 
 
 @app.command("publish")
-def publish(ref: Annotated[str, typer.Argument(help="NAME@vN")],
-            repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, ORG/NAME.")],
-            private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
-            dry_run: Annotated[Path | None, typer.Option("--dry-run", help="Write the Hub folder here instead of "
-                                                         "uploading it.")] = None,
-            license_id: Annotated[str, typer.Option("--license", help="Licence id for the card.")] = "other",
-            store: StoreOption = None) -> None:
+def publish(
+    ref: Annotated[str, typer.Argument(help="NAME@vN")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    dry_run: Annotated[
+        Path | None, typer.Option("--dry-run", help="Write the Hub folder here instead of uploading it.")
+    ] = None,
+    license_id: Annotated[str, typer.Option("--license", help="Licence id for the card.")] = "other",
+    store: StoreOption = None,
+) -> None:
     """Publish a version to the Hugging Face Hub: one config per pair_type plus default, and a dataset card \
 with its full provenance. The token comes from HF_TOKEN or `hf auth login` and is never written anywhere.
 
@@ -408,59 +525,55 @@ with its full provenance. The token comes from HF_TOKEN or `hf auth login` and i
 
 
 @app.command("pull")
-def pull(spec: Annotated[str, typer.Argument(help="ORG/NAME or ORG/NAME@REVISION (branch, tag or commit sha).")],
-         name: Annotated[str | None, typer.Option("--name", help="Local dataset name.",
-                                                      show_default="the repo's NAME")] = None,
-         config: Annotated[str, typer.Option("--config", help="Dataset config to import (see its card).")] = "default",
-         split: Annotated[str, typer.Option("--split", help="Split to import.")] = "train",
-         store: StoreOption = None) -> None:
+def pull(
+    spec: Annotated[str, typer.Argument(help="ORG/NAME or ORG/NAME@REVISION (branch, tag or commit sha).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Local dataset name.", show_default="the repo's NAME")
+    ] = None,
+    config: Annotated[str, typer.Option("--config", help="Dataset config to import (see its card).")] = "default",
+    split: Annotated[str, typer.Option("--split", help="Split to import.")] = "train",
+    store: StoreOption = None,
+) -> None:
     """Import a dataset from the Hugging Face Hub as a new local version, checked against the pair contract \
 (a dataset that breaks it is refused with the row and field, and nothing is written). The Hub commit sha is \
-recorded in the version's manifest.
+recorded in the version record.
 
     Example: realign-data pull me/realign-smoke@main --name smoke-shared
     """
     from realign_data import hub
 
     version = hub.pull(open_store(store), spec, name, config, split)
-    hub_input = version.manifest["inputs"]["hub"]
-    console.print(f"{hub_input['repo_id']}@{hub_input['commit']} -> {version.ref} "
-                  f"({version.manifest['num_rows']} pairs: {version.manifest['rows_by_pair_type']})")
+    hub_input = version.record["inputs"]["hub"]
+    console.print(
+        f"{hub_input['repo_id']}@{hub_input['commit']} -> {version.ref} "
+        f"({version.record['num_rows']} pairs: {version.record['rows_by_pair_type']})"
+    )
 
 
 @app.command("diff")
-def diff(left: Annotated[str, typer.Argument(help="NAME@vN")], right: Annotated[str, typer.Argument(help="NAME@vN")],
-         store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
+def diff(
+    left: Annotated[str, typer.Argument(help="NAME@vN")],
+    right: Annotated[str, typer.Argument(help="NAME@vN")],
+    store: StoreOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
     """Compare two versions: pairs added and removed (by pair_id), prompts only on one side, score and margin \
 shifts."""
-    from realign_data.hub import diff_versions
-
-    result = diff_versions(open_store(store), left, right)
+    result = open_store(store).diff(left, right)
     if fmt is Format.json:
         print_json(result)
         return
     emit(["", "value"], [[key, value] for key, value in result.items()], fmt, title=f"{left} -> {right}")
 
 
-@recipe_app.command("run")
-def recipe_run(manifest: Annotated[Path, typer.Argument(help="Recipe YAML with reviser_data, reviser, policy_data "
-                                                        "and policy sections.")],
-               set_: SetOption = None, store: StoreOption = None,
-               resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted training steps.")] = False) \
-        -> None:
-    """Build reviser data, train the reviser, build policy pairs with it, train the policy; finished steps are \
-skipped.
-
-    Example: realign-data recipe run manifests/realign-smoke-cpu.yaml
-    """
-    from trainers.recipe import RecipeConfig, run_recipe
-
-    _quiet_transformers()
-    recipe = load_config(RecipeConfig, manifest, set_)
-    with stage_progress() as task:
-        steps = run_recipe(recipe, open_store(store), task, resume)
-    emit(["step", "status", "result"], [[s["step"], s["status"], s["result"]] for s in steps], Format.table,
-         title=f"recipe {manifest.name}")
+@recipe_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def recipe_run(ctx: typer.Context) -> None:
+    """Moved to `realign-train recipe MANIFEST` (the loop trains models, so it lives with the trainers)."""
+    raise InputError(
+        "`realign-data recipe run` has moved: run `realign-train recipe "
+        + " ".join(shlex.quote(arg) for arg in ctx.args)
+        + "`"
+    )
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from realign_data.errors import InputError
 from realign_data.provenance import looks_like_secret, strip_url_credentials
+from realign_data.schema import PairType
 
 SECRET_KEYS = frozenset({"api_key", "token", "hf_token", "password", "secret", "openai_api_key", "access_token"})
 
@@ -39,20 +41,26 @@ class PromptsConfig(StrictModel):
     """Where prompts come from and how they are filtered."""
 
     source: str = Field("builtin", description="builtin, a .jsonl/.json/.parquet/.csv file, or a Hub ID:SPLIT")
-    column: str | None = Field(None, description="text or chat-messages column; default: first of prompt, "
-                               "instruction, messages, question")
+    column: str | None = Field(
+        None, description="text or chat-messages column; default: first of prompt, instruction, messages, question"
+    )
     limit: int | None = Field(None, ge=1)
     seed: int = 0
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="drop prompts longer than this under `tokenizer`")
     tokenizer: str | None = Field(None, description="model spec whose tokenizer counts tokens; default: the policy")
-    reference_column: str | None = Field(None, description="optional reference responses (text, or messages whose "
-                                         "last assistant turn is used), e.g. UltraFeedback's chosen")
+    reference_column: str | None = Field(
+        None,
+        description="optional reference responses (text, or messages whose "
+        "last assistant turn is used), e.g. UltraFeedback's chosen",
+    )
 
 
-NO_BASE_URLS = ("engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
-                "--set engine.base_urls=[http://127.0.0.1:8000/v1]")
+NO_BASE_URLS = (
+    "engine.base_urls is empty: name at least one OpenAI-compatible server, e.g. "
+    "--set engine.base_urls=[http://127.0.0.1:8000/v1]"
+)
 
 
 class EngineConfig(StrictModel):
@@ -67,8 +75,12 @@ class EngineConfig(StrictModel):
     retry_backoff_s: float = Field(0.5, ge=0, description="first retry waits up to this; doubles, capped at 30 s")
     timeout_s: float = Field(120.0, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm: GPU memory share for its KV cache; "
-                                          "leave room for an in-process reward model")
+    gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="vllm: GPU memory share for its KV cache; leave room for an in-process reward model",
+    )
 
 
 class GenerationConfig(StrictModel):
@@ -107,16 +119,14 @@ class RevisionConfig(StrictModel):
     max_new_tokens: int | None = Field(None, ge=1, description="default: generation.max_new_tokens")
 
 
-PairTypeName = Literal["on_policy", "revision", "revision_direct", "reviser_train"]
-
-
 class PairsConfig(StrictModel):
     """Which pair types are built, the margin rule and the final mix."""
 
-    types: list[PairTypeName] = Field(default_factory=lambda: ["on_policy", "revision", "reviser_train"])
+    types: list[PairType] = Field(default_factory=lambda: list[PairType](["on_policy", "revision", "reviser_train"]))
     min_margin: float = 0.0
-    mix: dict[PairTypeName, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0 (0 drops the type)")
+    mix: dict[PairType, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0 (0 drops the type)"
+    )
     seed: int = 0
 
 
@@ -139,8 +149,9 @@ Config = TypeVar("Config", bound=BaseModel)
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -175,8 +186,9 @@ def read_manifest(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
 
 
 def _resolve_extends(data: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    data = {key: _resolve_extends(value, path, seen) if isinstance(value, dict) else value
-            for key, value in data.items()}
+    data = {
+        key: _resolve_extends(value, path, seen) if isinstance(value, dict) else value for key, value in data.items()
+    }
     if "extends" not in data:
         return data
     parent = (path.parent / str(data.pop("extends"))).resolve()
@@ -192,7 +204,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, label: str) -> None:
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise InputError(f"{label}: {'.'.join(parents[:depth + 1])} is not a section")
+            raise InputError(f"{label}: {'.'.join(parents[: depth + 1])} is not a section")
         node = child
     node[leaf] = value
 
@@ -213,8 +225,10 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 def _reject_secrets(data: Any, path: str, origin: str) -> None:
     """Refuse secret-named keys and key-shaped values anywhere (URL credentials excepted: they are stripped)."""
-    hint = ("put the secret in an environment variable (e.g. HF_TOKEN, OPENAI_API_KEY) and name that variable in "
-            "an *_env field")
+    hint = (
+        "put the secret in an environment variable (e.g. HF_TOKEN, OPENAI_API_KEY) and name that variable in "
+        "an *_env field"
+    )
     if isinstance(data, dict):
         for key, value in data.items():
             dotted = f"{path}.{key}" if path else str(key)
@@ -228,15 +242,19 @@ def _reject_secrets(data: Any, path: str, origin: str) -> None:
         raise InputError(f"{origin}: {path}: the value looks like an API key or token; {hint}")
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     dotted = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{dotted}: unknown key"
     return f"{dotted}: {error['msg']} (got {error.get('input')!r})"
 
 
-def load_config(model: type[Config], manifest: str | Path | None = None, sets: list[str] | None = None,
-                options: dict[str, Any] | None = None) -> Config:
+def load_config(
+    model: type[Config],
+    manifest: str | Path | None = None,
+    sets: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Config:
     """Build a config from defaults, a manifest, ``--set`` overrides and explicit options (dotted keys)."""
     origin = str(manifest) if manifest else "config"
     data = read_manifest(manifest) if manifest else {}

@@ -2,7 +2,7 @@
 
 ``publish --dry-run DIR`` writes exactly what would be uploaded: ``data/<config>/train-0000k-of-0000n.parquet``,
 ``README.md`` (YAML metadata with ``configs`` and ``dataset_info`` features, the ReAlign recipe, full provenance,
-statistics, load snippets), ``margins.png`` and ``realign_manifest.json`` (the version's manifest, so that ``pull``
+statistics, load snippets), ``margins.png`` and ``realign_version.json`` (the version record, so that ``pull``
 restores its provenance). ``pull`` imports a published dataset back as a new local version.
 """
 
@@ -20,24 +20,24 @@ import duckdb
 import pyarrow.parquet as pq
 import yaml
 
+from realign_data import plots
 from realign_data.errors import InputError, RealignError
+from realign_data.schema import PAIR_SCHEMA
 from realign_data.store import Store, Version, check_name
 
 SHARD_ROWS = 250_000
-MANIFEST_FILE = "realign_manifest.json"
-FEATURES = [
-    *({"name": column, "list": [{"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}]}
-      for column in ("prompt", "chosen", "rejected")),
-    *({"name": column, "dtype": "string"} for column in ("pair_id", "prompt_id", "pair_type")),
-    *({"name": column, "dtype": "float64"} for column in ("chosen_score", "rejected_score", "margin")),
-    *({"name": column, "dtype": "string"} for column in ("chosen_source", "rejected_source", "policy_model",
-                                                         "reviser_model", "scorer", "sample_params")),
-]
+HUB_RECORD_FILE = "realign_version.json"  # the version record, published beside the shards
+LEGACY_HUB_RECORD_FILE = "realign_manifest.json"  # its name before realign 0.2, still read by pull
 
 
 def size_category(rows: int) -> str:
-    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if rows < bound:
             return label
     return "10M<n<100M"
@@ -49,57 +49,74 @@ def _write_config(con: duckdb.DuckDBPyConnection, where: str, folder: Path) -> t
     shards = max(1, -(-rows // SHARD_ROWS))
     folder.mkdir(parents=True)
     for index in range(shards):
-        table = con.sql(f"SELECT * FROM v {where} ORDER BY pair_type, prompt_id, pair_id "
-                        f"LIMIT {SHARD_ROWS} OFFSET {index * SHARD_ROWS}").to_arrow_table()
+        table = con.sql(
+            f"SELECT * FROM v {where} ORDER BY pair_type, prompt_id, pair_id "
+            f"LIMIT {SHARD_ROWS} OFFSET {index * SHARD_ROWS}"
+        ).to_arrow_table()
         pq.write_table(table, folder / f"train-{index:05d}-of-{shards:05d}.parquet", compression="zstd")
     return rows, sum(f.stat().st_size for f in folder.iterdir())
 
 
 def _margin_histogram(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
-        margins = [m for (m,) in con.execute("SELECT margin FROM v WHERE pair_type = ?", [pair_type]).fetchall()]
-        axis.hist(margins, bins=30, alpha=0.55, label=f"{pair_type} ({len(margins)})")
-    axis.set_xlabel("margin = chosen_score - rejected_score")
-    axis.set_ylabel("pairs")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with plots.figure(path) as axis:
+        for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
+            margins = [m for (m,) in con.execute("SELECT margin FROM v WHERE pair_type = ?", [pair_type]).fetchall()]
+            axis.hist(margins, bins=30, alpha=0.55, label=f"{pair_type} ({len(margins)})")
+        axis.set_xlabel("margin = chosen_score - rejected_score")
+        axis.set_ylabel("pairs")
+        axis.legend()
 
 
-PAPER = ("The recipe: Chen et al., \"ReAlign: Structured Revision for Small Language Model Alignment\", Findings of "
-         "the Association for Computational Linguistics: EMNLP 2025, doi:10.18653/v1/2025.findings-emnlp.642 "
-         "(https://doi.org/10.18653/v1/2025.findings-emnlp.642). Not to be confused with the unrelated 2024 "
-         "\"ReAlign\" (Reformatted Alignment, Fan et al.), which reformats the responses of instruction data.")
+PAPER = (
+    'The recipe: Chen et al., "ReAlign: Structured Revision for Small Language Model Alignment", Findings of '
+    "the Association for Computational Linguistics: EMNLP 2025, doi:10.18653/v1/2025.findings-emnlp.642 "
+    "(https://doi.org/10.18653/v1/2025.findings-emnlp.642). Not to be confused with the unrelated 2024 "
+    '"ReAlign" (Reformatted Alignment, Fan et al.), which reformats the responses of instruction data.'
+)
 
 
-def _card(version: Version, repo_id: str, license_id: str, sizes: dict[str, tuple[int, int]],
-          stats: list[tuple]) -> str:
+def _card(
+    version: Version, repo_id: str, license_id: str, sizes: dict[str, tuple[int, int]], stats: list[tuple]
+) -> str:
+    import datasets
+
     counts = {name: rows for name, (rows, _) in sizes.items()}
-    manifest = version.manifest
-    configs = [{"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}]}
-               for name in ["default", *sorted(t for t in counts if t != "default")]]
-    metadata = {"license": license_id, "task_categories": ["text-generation"], "language": ["en"],
-                "size_categories": [size_category(counts["default"])],
-                "tags": ["dpo", "preference", "realign", "synthetic", *sorted(t for t in counts if t != "default")],
-                "configs": configs,
-                "dataset_info": [{"config_name": name, "features": FEATURES,
-                                  "splits": [{"name": "train", "num_examples": rows, "num_bytes": size}]}
-                                 for name, (rows, size) in sizes.items()]}
-    config, models, code = manifest["config"], manifest["models"], manifest["code"]
-    model_rows = "\n".join(f"| {role} | `{m.get('spec', m.get('id'))}` | `{m.get('identity', m.get('id'))}` |"
-                           for role, m in models.items())
-    stat_rows = "\n".join(f"| {t} | {n} | {margin:.3f} | {chosen:.3f} | {rejected:.3f} |"
-                          for t, n, margin, chosen, rejected in stats)
+    record = version.record
+    # the pair contract's columns as `datasets` itself writes them into a card's dataset_info
+    features = datasets.Features.from_arrow_schema(PAIR_SCHEMA)._to_yaml_list()
+    configs = [
+        {"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}]}
+        for name in ["default", *sorted(t for t in counts if t != "default")]
+    ]
+    metadata = {
+        "license": license_id,
+        "task_categories": ["text-generation"],
+        "language": ["en"],
+        "size_categories": [size_category(counts["default"])],
+        "tags": ["dpo", "preference", "realign", "synthetic", *sorted(t for t in counts if t != "default")],
+        "configs": configs,
+        "dataset_info": [
+            {
+                "config_name": name,
+                "features": features,
+                "splits": [{"name": "train", "num_examples": rows, "num_bytes": size}],
+            }
+            for name, (rows, size) in sizes.items()
+        ],
+    }
+    config, models, code = record["config"], record["models"], record["code"]
+    model_rows = "\n".join(
+        f"| {role} | `{m.get('spec', m.get('id'))}` | `{m.get('identity', m.get('id'))}` |"
+        for role, m in models.items()
+    )
+    stat_rows = "\n".join(
+        f"| {t} | {n} | {margin:.3f} | {chosen:.3f} | {rejected:.3f} |" for t, n, margin, chosen, rejected in stats
+    )
     first_type = sorted(t for t in counts if t != "default")[0]
-    loads = (f'pairs = load_dataset("{repo_id}", split="train")  # every pair type\n'
-             f'{first_type} = load_dataset("{repo_id}", "{first_type}", split="train")')
+    loads = (
+        f'pairs = load_dataset("{repo_id}", split="train")  # every pair type\n'
+        f'{first_type} = load_dataset("{repo_id}", "{first_type}", split="train")'
+    )
     body = f"""
 # {repo_id}
 
@@ -109,23 +126,23 @@ drafts improved by a reviser and posed as a structured revision task (`revision`
 chosen = revision, rejected = draft), plus `revision_direct` and `reviser_train` pairs where built. Rows follow
 TRL's conversational preference format (`prompt`, `chosen`, `rejected`) with provenance columns.
 
-This is version `{version.ref}` of the local store, created {manifest["created_at"]}.
+This is version `{version.ref}` of the local store, created {record["created_at"]}.
 
-## Provenance
+## PairOrigin
 
 | role | model | identity (spec@sha256 fingerprint) |
 |---|---|---|
 {model_rows}
 
-- Prompt source: `{manifest["inputs"].get("prompts", {}).get("source")}`
-  (fingerprint `{manifest["inputs"].get("prompts", {}).get("fingerprint")}`)
+- Prompt source: `{record["inputs"].get("prompts", {}).get("source")}`
+  (fingerprint `{record["inputs"].get("prompts", {}).get("fingerprint")}`)
 - Generation: `{json.dumps(config.get("generation", {}))}`; engine `{config.get("engine", {}).get("kind")}`
 - Scoring: `{json.dumps(config.get("scoring", {}))}`
 - Revision: `{json.dumps(config.get("revision", {}))}`
 - Pairs: `{json.dumps(config.get("pairs", {}))}`
 - Code: realign {code["realign_version"]}, git `{code["git_sha"]}`; build command: `{code["command"]}`
 - Packages: {", ".join(f"{k} {v}" for k, v in sorted(code["packages"].items()))}
-- Files: the source version's manifest (config, inputs, models, code, sha256 of every shard) is `realign_manifest.json`.
+- Files: the source version's record (config, inputs, models, code, sha256 of every shard) is `realign_version.json`.
 
 ## Statistics
 
@@ -166,46 +183,19 @@ def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id
             version.view(con, "v")
             sizes = {"default": _write_config(con, "", staging / "data" / "default")}
             for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
-                sizes[pair_type] = _write_config(con, f"WHERE pair_type = '{pair_type}'",
-                                                  staging / "data" / pair_type)
-            stats = con.execute("SELECT pair_type, count(*), avg(margin), avg(chosen_score), avg(rejected_score) "
-                                "FROM v GROUP BY 1 ORDER BY 1").fetchall()
+                sizes[pair_type] = _write_config(con, f"WHERE pair_type = '{pair_type}'", staging / "data" / pair_type)
+            stats = con.execute(
+                "SELECT pair_type, count(*), avg(margin), avg(chosen_score), avg(rejected_score) "
+                "FROM v GROUP BY 1 ORDER BY 1"
+            ).fetchall()
             _margin_histogram(con, staging / "margins.png")
         (staging / "README.md").write_text(_card(version, repo_id, license_id, sizes, stats))
-        shutil.copyfile(version.path / "manifest.json", staging / MANIFEST_FILE)
+        shutil.copyfile(version.record_path, staging / HUB_RECORD_FILE)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def diff_versions(store: Store, left: str, right: str) -> dict[str, Any]:
-    """Pairs added and removed (by pair_id), prompts only on one side, score and margin shifts of shared pairs."""
-    a, b = store.resolve(left), store.resolve(right)
-    with duckdb.connect() as con:
-        a.view(con, "a")
-        b.view(con, "b")
-
-        def one(sql: str) -> Any:
-            return con.sql(sql).fetchall()[0]
-
-        added = con.execute("SELECT pair_type, count(*) FROM b ANTI JOIN a USING (pair_id) GROUP BY 1 "
-                            "ORDER BY 1").fetchall()
-        removed = con.execute("SELECT pair_type, count(*) FROM a ANTI JOIN b USING (pair_id) GROUP BY 1 "
-                              "ORDER BY 1").fetchall()
-        shared = one("SELECT count(*), avg(b.margin - a.margin), avg(b.chosen_score - a.chosen_score), "
-                     "avg(b.rejected_score - a.rejected_score) FROM a JOIN b USING (pair_id)")
-        prompts_only_left = one("SELECT count(DISTINCT prompt_id) FROM a WHERE prompt_id NOT IN "
-                                "(SELECT prompt_id FROM b)")[0]
-        prompts_only_right = one("SELECT count(DISTINCT prompt_id) FROM b WHERE prompt_id NOT IN "
-                                 "(SELECT prompt_id FROM a)")[0]
-        margins = {side: one(f"SELECT avg(margin), median(margin) FROM {side}") for side in ("a", "b")}
-    return {"left": a.ref, "right": b.ref, "added": dict(added), "removed": dict(removed),
-            "shared_pairs": shared[0], "mean_margin_shift_shared": shared[1], "mean_chosen_score_shift_shared":
-            shared[2], "mean_rejected_score_shift_shared": shared[3], "prompts_only_left": prompts_only_left,
-            "prompts_only_right": prompts_only_right,
-            "margin_mean_median": {a.ref: margins["a"], b.ref: margins["b"]}}
 
 
 @contextlib.contextmanager
@@ -252,14 +242,27 @@ def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.dataset_info(repo_id)
         if private and not info.private:
-            raise InputError(f"{repo_id} already exists and is public, but --private was asked; make it private "
-                               "on the Hub first, or publish without --private")
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                                   commit_message=f"realign: {version.ref}", delete_patterns=["data/*"])
-    record = {"ref": version.ref, "repo_id": repo_id, "hub_commit": commit.oid, "published_at": utc_now(),
-              "private": bool(info.private)}
-    known = any((r["ref"], r["repo_id"], r["hub_commit"]) == (version.ref, repo_id, commit.oid)
-                for r in store.publications())
+            raise InputError(
+                f"{repo_id} already exists and is public, but --private was asked; make it private "
+                "on the Hub first, or publish without --private"
+            )
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=f"realign: {version.ref}",
+            delete_patterns=["data/*"],
+        )
+    record = {
+        "ref": version.ref,
+        "repo_id": repo_id,
+        "hub_commit": commit.oid,
+        "published_at": utc_now(),
+        "private": bool(info.private),
+    }
+    known = any(
+        (r["ref"], r["repo_id"], r["hub_commit"]) == (version.ref, repo_id, commit.oid) for r in store.publications()
+    )
     if not known:
         store.record_publication(record)
     return {**record, "status": "unchanged" if commit.oid == info.sha else "published"}
@@ -273,8 +276,10 @@ def _config_patterns(card_path: Path, config: str, split: str, where: str) -> li
     declared = (DatasetCard.load(card_path).data.configs or []) if card_path.exists() else []
     if not declared:
         if config != "default":
-            raise InputError(f"{where}: config {config!r} does not exist; the dataset declares no configs, so "
-                             "only 'default' can be pulled")
+            raise InputError(
+                f"{where}: config {config!r} does not exist; the dataset declares no configs, so "
+                "only 'default' can be pulled"
+            )
         return None
     by_name = {entry["config_name"]: entry for entry in declared}
     if config not in by_name:
@@ -296,8 +301,8 @@ def _config_patterns(card_path: Path, config: str, split: str, where: str) -> li
 def pull(store: Store, spec: str, name: str | None, config: str, split: str) -> Version:
     """Import ``ORG/NAME[@REVISION]`` from the Hub as a new local version, checked against the pair contract.
 
-    Only the card, the manifest and the files of ``config``/``split`` are downloaded; ``datasets`` reads them. A
-    realign-published dataset brings back its models, build config and inputs from ``realign_manifest.json``.
+    Only the card, the version record and the files of ``config``/``split`` are downloaded; ``datasets`` reads them. A
+    realign-published dataset brings back its models, build config and inputs from ``realign_version.json``.
     """
     import datasets
     from huggingface_hub import HfApi, snapshot_download
@@ -317,25 +322,45 @@ def pull(store: Store, spec: str, name: str | None, config: str, split: str) -> 
             commit, present = info.sha, {sibling.rfilename for sibling in info.siblings or []}
 
             def download(patterns: list[str] | None) -> None:
-                snapshot_download(repo_id, repo_type="dataset", revision=commit, local_dir=local,
-                                  allow_patterns=patterns)
+                snapshot_download(
+                    repo_id, repo_type="dataset", revision=commit, local_dir=local, allow_patterns=patterns
+                )
 
-            metadata_files = [path for path in ("README.md", MANIFEST_FILE) if path in present]
+            metadata_files = [
+                path for path in ("README.md", HUB_RECORD_FILE, LEGACY_HUB_RECORD_FILE) if path in present
+            ]
             if metadata_files:
                 download(metadata_files)
             patterns = _config_patterns(local / "README.md", config, split, at)
             download(patterns)
         datasets.disable_progress_bars()
         try:
-            dataset = datasets.load_dataset(str(local), data_files=None if patterns is None else {split: patterns},
-                                            split=split, cache_dir=str(Path(scratch) / "cache"))
+            dataset = datasets.load_dataset(
+                str(local),
+                data_files=None if patterns is None else {split: patterns},
+                split=split,
+                cache_dir=str(Path(scratch) / "cache"),
+            )
         except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
             raise InputError(f"{where}: datasets cannot load it: {str(exc).splitlines()[0]}") from None
-        source = json.loads((local / MANIFEST_FILE).read_text()) if (local / MANIFEST_FILE).exists() else {}
-        hub_input = {"repo_id": repo_id, "revision": revision, "commit": commit, "config": config,
-                     "split": split, "endpoint": _endpoint(),
-                     "source_version": f"{source['dataset']}@v{source['version']}" if source else None}
+        published = next(
+            (local / name for name in (HUB_RECORD_FILE, LEGACY_HUB_RECORD_FILE) if (local / name).exists()), None
+        )
+        source = json.loads(published.read_text()) if published is not None else {}
+        hub_input = {
+            "repo_id": repo_id,
+            "revision": revision,
+            "commit": commit,
+            "config": config,
+            "split": split,
+            "endpoint": _endpoint(),
+            "source_version": f"{source['dataset']}@v{source['version']}" if source else None,
+        }
         return store.write_version(
-            name, dataset.with_format("arrow").iter(batch_size=65_536), source=where,
-            config=source.get("config", {}), models=source.get("models", {}),
-            inputs={**source.get("inputs", {}), "hub": hub_input})
+            name,
+            dataset.with_format("arrow").iter(batch_size=65_536),
+            source=where,
+            config=source.get("config", {}),
+            models=source.get("models", {}),
+            inputs={**source.get("inputs", {}), "hub": hub_input},
+        )

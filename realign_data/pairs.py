@@ -18,9 +18,14 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from realign_data.templates import Template
+
+if TYPE_CHECKING:
+    from realign_data.schema import PairType
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,12 @@ class Response:
     text: str
     score: float | None
     source: str  # "sample:I", "revision:I" (of draft sample I) or "reference"
+
+
+def _score(response: Response) -> float:
+    """The score of a response that takes part in a pair: only scored responses are paired."""
+    assert response.score is not None, "build_pairs pairs only responses with a score"
+    return response.score
 
 
 @dataclass
@@ -40,7 +51,9 @@ class PromptResults:
 
 
 @dataclass(frozen=True)
-class Provenance:
+class PairOrigin:
+    """What produced the pairs of a build: the models, the scorer and the sampling settings (their source columns)."""
+
     policy_model: str
     reviser_model: str | None
     scorer: str
@@ -59,12 +72,18 @@ def pair_id(pair_type: str, prompt: list[dict[str, str]], chosen: str, rejected:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _row(pair_type: str, results: PromptResults, prompt: list[dict[str, str]], chosen: Response,
-         rejected: Response, provenance: Provenance) -> dict:
+def _row(
+    pair_type: str,
+    results: PromptResults,
+    prompt: list[dict[str, str]],
+    chosen: Response,
+    rejected: Response,
+    origin: PairOrigin,
+) -> dict:
     uses_reviser = "revision" in chosen.source or "revision" in rejected.source or pair_type == "reviser_train"
-    params = dict(provenance.sample_params)
+    params = dict(origin.sample_params)
     if uses_reviser:
-        params["revision"] = provenance.revision_params
+        params["revision"] = origin.revision_params
     return {
         "prompt": prompt,
         "chosen": [{"role": "assistant", "content": chosen.text}],
@@ -74,28 +93,29 @@ def _row(pair_type: str, results: PromptResults, prompt: list[dict[str, str]], c
         "pair_type": pair_type,
         "chosen_score": chosen.score,
         "rejected_score": rejected.score,
-        "margin": chosen.score - rejected.score,
+        "margin": _score(chosen) - _score(rejected),
         "chosen_source": chosen.source,
         "rejected_source": rejected.source,
-        "policy_model": provenance.policy_model,
-        "reviser_model": provenance.reviser_model if uses_reviser else None,
-        "scorer": provenance.scorer,
+        "policy_model": origin.policy_model,
+        "reviser_model": origin.reviser_model if uses_reviser else None,
+        "scorer": origin.scorer,
         "sample_params": json.dumps(params, sort_keys=True),
     }
 
 
-def build_pairs(results: list[PromptResults], types: list[str], min_margin: float, template: Template,
-                provenance: Provenance) -> tuple[list[dict], Counter]:
+def build_pairs(
+    results: list[PromptResults], types: Sequence[str], min_margin: float, template: Template, origin: PairOrigin
+) -> tuple[list[dict], Counter]:
     """All pairs of the requested ``types``; the Counter holds ``type:reason`` for every candidate dropped."""
     rows: list[dict] = []
     dropped: Counter = Counter()
 
     def keep(pair_type: str, prompt, chosen: Response, rejected: Response, item: PromptResults) -> None:
-        margin = chosen.score - rejected.score
+        margin = _score(chosen) - _score(rejected)
         if margin <= 0 or margin < min_margin:
             dropped[f"{pair_type}:below_margin" if margin > 0 else f"{pair_type}:not_better"] += 1
         else:
-            rows.append(_row(pair_type, item, prompt, chosen, rejected, provenance))
+            rows.append(_row(pair_type, item, prompt, chosen, rejected, origin))
 
     for item in results:
         scored = [s for s in item.samples if s.score is not None]
@@ -107,8 +127,8 @@ def build_pairs(results: list[PromptResults], types: list[str], min_margin: floa
             elif len({s.score for s in scored}) == 1:
                 dropped["on_policy:tied"] += 1
             else:
-                best = max(scored, key=lambda s: s.score)  # the first of equal scores wins: deterministic
-                worst = min(scored, key=lambda s: s.score)
+                best = max(scored, key=_score)  # the first of equal scores wins: deterministic
+                worst = min(scored, key=_score)
                 keep("on_policy", item.messages, best, worst, item)
         for index, revision in sorted(item.revisions.items()):
             draft = item.samples[index]
@@ -123,27 +143,30 @@ def build_pairs(results: list[PromptResults], types: list[str], min_margin: floa
                     prompt = task_prompt if pair_type == "revision" else item.messages
                     keep(pair_type, prompt, revision, draft, item)
             if "reviser_train" in types:
-                candidates = [r for r in [*item.samples, *item.revisions.values(), item.reference]
-                              if r is not None and r.score is not None]
+                candidates = [
+                    r
+                    for r in [*item.samples, *item.revisions.values(), item.reference]
+                    if r is not None and r.score is not None
+                ]
                 if draft.score is None or len(candidates) < 2:
                     dropped["reviser_train:unscored"] += 1
                     continue
-                best = max(candidates, key=lambda r: r.score)
+                best = max(candidates, key=_score)
                 if best.text != draft.text:
                     keep("reviser_train", task_prompt, best, draft, item)
                 else:  # the draft is already the best: teach the reviser to prefer it over the worst response
-                    keep("reviser_train", task_prompt, draft, min(candidates, key=lambda r: r.score), item)
+                    keep("reviser_train", task_prompt, draft, min(candidates, key=_score), item)
     return rows, dropped
 
 
-def mix_pairs(rows: list[dict], weights: dict[str, float], seed: int) -> tuple[list[dict], dict[str, dict]]:
+def mix_pairs(rows: list[dict], weights: Mapping[PairType, float], seed: int) -> tuple[list[dict], dict[str, dict]]:
     """Subsample pair types to the proportions in ``weights`` (types not named are kept whole).
 
     The type that is scarcest relative to its weight is kept whole and the others are cut to match, e.g.
     ``{on_policy: 1.0, revision: 0.5}`` keeps every on-policy pair and half as many revision pairs (when
     available). A weight of 0 drops the type. Which rows survive is decided by a seeded shuffle.
     """
-    by_type: dict[str, list[dict]] = {}
+    by_type: dict[PairType, list[dict]] = {}
     for row in rows:
         by_type.setdefault(row["pair_type"], []).append(row)
     before = {t: len(v) for t, v in by_type.items()}
@@ -159,5 +182,7 @@ def mix_pairs(rows: list[dict], weights: dict[str, float], seed: int) -> tuple[l
             group = group[:target]
         kept += group
     after = Counter(r["pair_type"] for r in kept)
-    counts = {t: {"before": before[t], "after": after.get(t, 0), "weight": weights.get(t)} for t in sorted(before)}
+    counts: dict[str, dict] = {
+        t: {"before": before[t], "after": after.get(t, 0), "weight": weights.get(t)} for t in sorted(before)
+    }
     return sorted(kept, key=lambda r: (r["pair_type"], r["prompt_id"], r["pair_id"])), counts

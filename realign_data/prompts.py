@@ -11,19 +11,24 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import random
 import re
 import statistics
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from realign_data.config import PromptsConfig
 from realign_data.errors import InputError, RealignError, one_line
+from realign_data.files import decode_utf8, json_records
+
+log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 DEFAULT_COLUMNS = ("prompt", "instruction", "messages", "question")
@@ -61,9 +66,14 @@ class PromptSet:
     counts: dict[str, int] = field(default_factory=dict)
     token_lengths: list[int] | None = None
 
-    def provenance(self) -> dict[str, Any]:
-        return {"source": self.source, "fingerprint": self.source_fingerprint, "column": self.column,
-                "counts": self.counts}
+    def record(self) -> dict[str, Any]:
+        """The prompt set as recorded in a version: source, fingerprint, column and counts."""
+        return {
+            "source": self.source,
+            "fingerprint": self.source_fingerprint,
+            "column": self.column,
+            "counts": self.counts,
+        }
 
 
 def normalize(text: str) -> str:
@@ -84,8 +94,9 @@ def _text(value: str, where: str, column: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"{where}: field '{column}' has an unpaired surrogate \\u{ord(text[exc.start]):04x} "
-                         "(a broken \\u escape?)") from None
+        raise InputError(
+            f"{where}: field '{column}' has an unpaired surrogate \\u{ord(text[exc.start]):04x} (a broken \\u escape?)"
+        ) from None
     return text
 
 
@@ -99,13 +110,18 @@ def to_messages(value: Any, where: str, column: str) -> Messages:
     if isinstance(value, list) and value:
         messages = []
         for i, message in enumerate(value):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
                 raise InputError(f"{where}: field '{column}[{i}]' must be a {{role, content}} message with strings")
             role = message["role"].strip().lower()
             if role not in ROLES:
-                raise InputError(f"{where}: field '{column}[{i}]' has role {message['role']!r}; expected "
-                                 f"{', '.join(ROLES[:-1])} or {ROLES[-1]}")
+                raise InputError(
+                    f"{where}: field '{column}[{i}]' has role {message['role']!r}; expected "
+                    f"{', '.join(ROLES[:-1])} or {ROLES[-1]}"
+                )
             messages.append({"role": role, "content": _text(message["content"], where, f"{column}[{i}]")})
         while messages and messages[-1]["role"] == "assistant":  # keep the conversation up to the last user turn
             messages.pop()
@@ -116,16 +132,9 @@ def to_messages(value: Any, where: str, column: str) -> Messages:
         return messages
     if value is None or value == []:
         raise InputError(f"{where}: field '{column}' is empty")
-    raise InputError(f"{where}: field '{column}' must be a non-empty string or a list of chat messages, "
-                     f"got {type(value).__name__}")
-
-
-def _decode(data: bytes, name: str, first_line: int = 1) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = first_line + data.count(b"\n", 0, exc.start)
-        raise InputError(f"{name}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}: {exc.reason})") from None
+    raise InputError(
+        f"{where}: field '{column}' must be a non-empty string or a list of chat messages, got {type(value).__name__}"
+    )
 
 
 def _pick_column(available: list[str], column: str | None, name: str) -> str:
@@ -139,23 +148,12 @@ def _pick_column(available: list[str], column: str | None, name: str) -> str:
     raise InputError(f"{name}: no prompt column among {', '.join(available) or 'none'}; pass --prompt-column")
 
 
-def _read_jsonl(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
-    rows = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        text = _decode(raw, name, number) if raw.strip() else ""
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise InputError(f"{name}:{number}: JSON nested too deeply") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append((f"{name}:{number}", row))
+def _read_json_records(
+    data: bytes, name: str, column: str | None, jsonl: bool
+) -> tuple[str, Iterator[tuple[str, Any]]]:
+    rows = json_records(data, name, jsonl)
     if not rows:
-        raise InputError(f"{name}: empty file, no prompts")
+        raise InputError(f"{name}: {'empty file' if jsonl else 'empty array'}, no prompts")
     return _pick_column(list(rows[0][1]), column, rows[0][0]), iter(rows)
 
 
@@ -165,34 +163,12 @@ def _field(row: dict[str, Any], column: str, where: str) -> Any:
     return row[column]
 
 
-def _read_json(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
-    text = _decode(data, name)
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise InputError(f"{name}: JSON nested too deeply") from None
-    if isinstance(rows, dict) and len(rows) == 1 and isinstance(next(iter(rows.values())), list):
-        rows = next(iter(rows.values()))  # {"data": [...]} style
-    if not isinstance(rows, list):
-        raise InputError(f"{name}: expected a JSON array of objects, got {type(rows).__name__}")
-    if not rows:
-        raise InputError(f"{name}: empty array, no prompts")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InputError(f"{name}: row {i}: expected a JSON object, got {type(row).__name__}")
-    column = _pick_column(list(rows[0]), column, f"{name}: row 0")
-    return column, ((f"{name}: row {i}", row) for i, row in enumerate(rows))
-
-
 def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
     nul = data.find(b"\0")
     if nul >= 0:
         line = 1 + data.count(b"\n", 0, nul)
-        raise InputError(f"{name}:{line}: NUL byte in a CSV file (a binary or UTF-16 "
-                         "file? save it as UTF-8 CSV)")
-    text = _decode(data, name)
+        raise InputError(f"{name}:{line}: NUL byte in a CSV file (a binary or UTF-16 file? save it as UTF-8 CSV)")
+    text = decode_utf8(data, name)
     csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
 
@@ -206,8 +182,10 @@ def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator
                 return
             except csv.Error as exc:
                 if "unexpected end of data" in str(exc):
-                    raise InputError(f"{name}:{start}: unterminated quoted field: the '\"' opened in the row on "
-                                     f"line {start} is never closed") from None
+                    raise InputError(
+                        f"{name}:{start}: unterminated quoted field: the '\"' opened in the row on "
+                        f"line {start} is never closed"
+                    ) from None
                 raise InputError(f"{name}:{reader.line_num}: malformed CSV ({exc})") from None
             if fields:
                 yield start, fields
@@ -226,8 +204,10 @@ def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator
         count = 0
         for start, fields in parsed:
             if len(fields) != len(header):
-                raise InputError(f"{name}:{start}: row has {len(fields)} fields but the header has {len(header)} "
-                                 "(quote fields that contain commas)")
+                raise InputError(
+                    f"{name}:{start}: row has {len(fields)} fields but the header has {len(header)} "
+                    "(quote fields that contain commas)"
+                )
             count += 1
             yield f"{name}:{start}", dict(zip(header, fields, strict=True))
         if count == 0:
@@ -236,8 +216,7 @@ def _read_csv(data: bytes, name: str, column: str | None) -> tuple[str, Iterator
     return column, rows()
 
 
-def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
-        -> tuple[str, Iterator[tuple[str, Any]]]:
+def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) -> tuple[str, Iterator[tuple[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -251,11 +230,15 @@ def _read_parquet(path: Path, name: str, column: str | None, extra: list[str]) \
     column = _pick_column(schema.names, column, name)
     kind = schema.field(column).type
     is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-    is_chat = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type) \
+    is_chat = (
+        (pa.types.is_list(kind) or pa.types.is_large_list(kind))
+        and pa.types.is_struct(kind.value_type)
         and {"role", "content"} <= {f.name for f in kind.value_type}
+    )
     if not (is_text or is_chat):
-        raise InputError(f"{name}: column '{column}' has type {kind}; expected a string or a list of "
-                         "{role, content} messages")
+        raise InputError(
+            f"{name}: column '{column}' has type {kind}; expected a string or a list of {{role, content}} messages"
+        )
     if parquet.metadata.num_rows == 0:
         raise InputError(f"{name}: no rows, no prompts")
 
@@ -287,21 +270,27 @@ def _read_hub(source: str, column: str | None, extra: list[str]) -> tuple[str, I
         import datasets
         from datasets.exceptions import DatasetNotFoundError
     except ImportError:
-        raise RealignError(f"{source}: reading a Hub dataset needs the datasets package; run "
-                           "`pip install datasets`, or pass a .jsonl/.json/.parquet/.csv file") from None
+        raise RealignError(
+            f"{source}: reading a Hub dataset needs the datasets package; run "
+            "`pip install datasets`, or pass a .jsonl/.json/.parquet/.csv file"
+        ) from None
 
     match = HUB_SOURCE.match(source)
+    assert match is not None  # read_source calls this only for a source that HUB_SOURCE matches
     try:
         dataset = datasets.load_dataset(match["id"], split=match["split"])
     except DatasetNotFoundError:
-        raise InputError(f"{source}: no such dataset on the Hugging Face Hub (or it is gated or private and "
-                         "HF_TOKEN is unset)") from None
+        raise InputError(
+            f"{source}: no such dataset on the Hugging Face Hub (or it is gated or private and HF_TOKEN is unset)"
+        ) from None
     except ValueError as exc:  # an unknown split, a bad split expression, a dataset that needs a config name
         raise InputError(f"{source}: {one_line(exc)[:300]}") from None
     except Exception as exc:  # noqa: BLE001 - network, server, cache: the environment, exit 1, in one line
         reason = one_line(exc)[:300] or type(exc).__name__
-        raise RealignError(f"{source}: cannot load the dataset from the Hugging Face Hub ({reason}); save it to a "
-                           ".jsonl/.parquet file where the Hub is reachable and pass that file") from None
+        raise RealignError(
+            f"{source}: cannot load the dataset from the Hugging Face Hub ({reason}); save it to a "
+            ".jsonl/.parquet file where the Hub is reachable and pass that file"
+        ) from None
     column = _pick_column(list(dataset.column_names), column, source)
     for other in extra:
         _pick_column(list(dataset.column_names), other, source)
@@ -322,13 +311,14 @@ def reference_text(value: Any, where: str, column: str) -> str | None:
     return _text(value, where, column) or None
 
 
-def read_source(source: str, column: str | None = None, reference_column: str | None = None) \
-        -> tuple[str, list[tuple[str, Messages, str | None]], str]:
+def read_source(
+    source: str, column: str | None = None, reference_column: str | None = None
+) -> tuple[str, list[tuple[str, Messages, str | None]], str]:
     """Read and validate every row: (column used, [(location, messages, reference)], source fingerprint)."""
     extra = [reference_column] if reference_column else []
     if source == BUILTIN:
         data = resources.files("realign_data").joinpath("data/builtin_prompts.jsonl").read_bytes()
-        column, rows = _read_jsonl(data, BUILTIN, column)
+        column, rows = _read_json_records(data, BUILTIN, column, jsonl=True)
         fingerprint = f"builtin:sha256:{hashlib.sha256(data).hexdigest()}"
     elif Path(source).expanduser().is_dir():
         raise InputError(f"{source}: is a directory; pass a {', '.join(FILE_SUFFIXES)} file")
@@ -340,20 +330,32 @@ def read_source(source: str, column: str | None = None, reference_column: str | 
         data = path.read_bytes()
         if not data.strip():
             raise InputError(f"{source}: empty file, no prompts")
-        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
-        column, rows = (_read_parquet(path, source, column, extra) if suffix == ".parquet"
-                        else readers[suffix](data, source, column))
+        readers: dict[str, Callable[[bytes, str, str | None], tuple[str, Iterator[tuple[str, Any]]]]] = {
+            ".jsonl": partial(_read_json_records, jsonl=True),
+            ".json": partial(_read_json_records, jsonl=False),
+            ".csv": _read_csv,
+        }
+        column, rows = (
+            _read_parquet(path, source, column, extra)
+            if suffix == ".parquet"
+            else readers[suffix](data, source, column)
+        )
         fingerprint = f"file:sha256:{hashlib.sha256(data).hexdigest()}"
     elif HUB_SOURCE.match(source):
         column, rows, fingerprint = _read_hub(source, column, extra)
     else:
-        raise InputError(f"{source}: no such file, and not a Hub dataset ID:SPLIT "
-                         "(e.g. HuggingFaceH4/ultrafeedback_binarized:train_prefs)")
+        raise InputError(
+            f"{source}: no such file, and not a Hub dataset ID:SPLIT "
+            "(e.g. HuggingFaceH4/ultrafeedback_binarized:train_prefs)"
+        )
     records = []
     for where, record in rows:
         messages = to_messages(_field(record, column, where), where, column)
-        reference = (reference_text(_field(record, reference_column, where), where, reference_column)
-                     if reference_column else None)
+        reference = (
+            reference_text(_field(record, reference_column, where), where, reference_column)
+            if reference_column
+            else None
+        )
         records.append((where, messages, reference))
     return column, records, fingerprint
 
@@ -369,6 +371,7 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
             seen.add(prompt.prompt_id)
             prompts.append(prompt)
     counts = {"read": len(rows), "duplicates": len(rows) - len(prompts)}
+    log.info("prompts: %d row(s) from %s (column %r)", len(rows), config.source, column)
 
     kept = [p for p in prompts if p.num_chars >= config.min_chars]
     counts["too_short"] = len(prompts) - len(kept)
@@ -379,8 +382,14 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
 
     lengths = None
     if tokenizer is not None:
-        lengths = [len(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)["input_ids"]) for p in kept]
+        lengths = [
+            len(
+                tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
+            for p in kept
+        ]
     before = len(kept)
     if config.max_tokens is not None:
         if lengths is None:
@@ -402,5 +411,9 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
 def length_stats(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
-    return {"min": min(values), "median": statistics.median(values), "mean": round(statistics.fmean(values), 1),
-            "max": max(values)}
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "mean": round(statistics.fmean(values), 1),
+        "max": max(values),
+    }

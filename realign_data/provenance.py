@@ -13,12 +13,27 @@ from typing import Any
 
 from realign_data import __version__
 
-PACKAGES = ("torch", "transformers", "trl", "datasets", "huggingface-hub", "pyarrow", "duckdb", "peft",
-            "accelerate", "vllm", "alpaca-eval", "openai")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "huggingface-hub",
+    "pyarrow",
+    "duckdb",
+    "peft",
+    "accelerate",
+    "vllm",
+    "alpaca-eval",
+    "openai",
+)
 # Hugging Face tokens (hf_ + 34 characters), OpenAI-style keys (sk-..., sk-proj-...), and key=value pairs in URLs or
 # command lines; the look-behind keeps words such as "task-classification" out.
-SECRET_PATTERN = re.compile(r"((?<![A-Za-z0-9])hf_[A-Za-z0-9]{20,}|(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}"
-                            r"|((?:token|api[_-]?key)=)[^\s&]+)", re.IGNORECASE)
+SECRET_PATTERN = re.compile(
+    r"((?<![A-Za-z0-9])hf_[A-Za-z0-9]{20,}|(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}"
+    r"|((?:token|api[_-]?key)=)[^\s&]+)",
+    re.IGNORECASE,
+)
 URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
@@ -45,10 +60,16 @@ def git_state() -> dict[str, Any]:
     """The git sha and dirty flag of the source tree this package runs from, when it is a checkout."""
     source = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": None, "git_dirty": None}
     return {"git_sha": sha, "git_dirty": bool(dirty)}
@@ -65,5 +86,9 @@ def package_versions() -> dict[str, str]:
 
 
 def code_provenance() -> dict[str, Any]:
-    return {"realign_version": __version__, **git_state(), "packages": package_versions(),
-            "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))}
+    return {
+        "realign_version": __version__,
+        **git_state(),
+        "packages": package_versions(),
+        "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+    }

@@ -7,8 +7,7 @@ results buffered since the last flush; a re-run reads the parts and computes onl
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,9 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def content_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+log = logging.getLogger(__name__)
 
 
 class StageCache:
@@ -33,6 +30,7 @@ class StageCache:
         self._last_flush = time.monotonic()
         self._sequence = 0
         self.rows: dict[str, dict[str, Any]] = self._load()
+        log.info("stage cache %s: %d result(s) from earlier runs", directory, len(self.rows))
 
     def _load(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}

@@ -50,17 +50,22 @@ def sandbox(store: Store) -> duckdb.DuckDBPyConnection:
     create_version_tables(con, versions, {}, store.publications())
     parts = []
     for index, version in enumerate(versions):
-        con.register(f"_data_{index}", ds.dataset([str(f) for f in version.files], format="parquet",
-                                                  schema=PAIR_SCHEMA))
+        con.register(
+            f"_data_{index}", ds.dataset([str(f) for f in version.files], format="parquet", schema=PAIR_SCHEMA)
+        )
         parts.append(f"SELECT '{version.name}' AS dataset, {version.version} AS version, * FROM _data_{index}")
     if not parts:
         con.register("_data_empty", pa.Table.from_batches([], schema=PAIR_SCHEMA))
         parts.append("SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * FROM _data_empty")
     con.execute("CREATE VIEW pairs AS " + " UNION ALL ".join(parts))
     con.execute("DROP TABLE empty_pairs")
-    for setting in ("SET enable_external_access = false", "SET disabled_filesystems = 'LocalFileSystem'",
-                    "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
-                    "SET lock_configuration = true"):
+    for setting in (
+        "SET enable_external_access = false",
+        "SET disabled_filesystems = 'LocalFileSystem'",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET lock_configuration = true",
+    ):
         con.execute(setting)
     return con
 

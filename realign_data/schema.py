@@ -7,31 +7,38 @@ A table that breaks the contract raises an InputError naming the row and the fie
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from realign_data.errors import InputError
 
-PAIR_TYPES = ("on_policy", "revision", "revision_direct", "reviser_train")
+# on_policy: two policy samples; revision: draft -> revision posed as the structured revision task; revision_direct:
+# the same pair under the plain instruction (ablation); reviser_train: pairs that teach the reviser
+PairType = Literal["on_policy", "revision", "revision_direct", "reviser_train"]
+PAIR_TYPES: tuple[str, ...] = get_args(PairType)
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 CONVERSATION = pa.list_(MESSAGE)
-PAIR_SCHEMA = pa.schema([
-    ("prompt", CONVERSATION),
-    ("chosen", CONVERSATION),
-    ("rejected", CONVERSATION),
-    ("pair_id", pa.string()),
-    ("prompt_id", pa.string()),
-    ("pair_type", pa.string()),
-    ("chosen_score", pa.float64()),
-    ("rejected_score", pa.float64()),
-    ("margin", pa.float64()),
-    ("chosen_source", pa.string()),
-    ("rejected_source", pa.string()),
-    ("policy_model", pa.string()),
-    ("reviser_model", pa.string()),
-    ("scorer", pa.string()),
-    ("sample_params", pa.string()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("prompt", CONVERSATION),
+        ("chosen", CONVERSATION),
+        ("rejected", CONVERSATION),
+        ("pair_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("pair_type", pa.string()),
+        ("chosen_score", pa.float64()),
+        ("rejected_score", pa.float64()),
+        ("margin", pa.float64()),
+        ("chosen_source", pa.string()),
+        ("rejected_source", pa.string()),
+        ("policy_model", pa.string()),
+        ("reviser_model", pa.string()),
+        ("scorer", pa.string()),
+        ("sample_params", pa.string()),
+    ]
+)
 NULLABLE = frozenset({"reviser_model"})  # on-policy pairs involve no reviser
 MARGIN_TOLERANCE = 1e-6
 
@@ -52,8 +59,9 @@ def conform(table: pa.Table, first_row: int = 0, where: str = "pairs") -> pa.Tab
     """Cast ``table`` to PAIR_SCHEMA and check every row; ``first_row`` offsets row numbers in messages."""
     missing = [name for name in PAIR_SCHEMA.names if name not in table.column_names]
     if missing:
-        raise InputError(f"{where}: missing column(s) {', '.join(missing)} (the pair contract needs "
-                         f"{', '.join(PAIR_SCHEMA.names)})")
+        raise InputError(
+            f"{where}: missing column(s) {', '.join(missing)} (the pair contract needs {', '.join(PAIR_SCHEMA.names)})"
+        )
     extra = [name for name in table.column_names if name not in PAIR_SCHEMA.names]
     if extra:
         raise InputError(f"{where}: unknown column(s) {', '.join(extra)} (not in the pair contract)")
@@ -61,8 +69,11 @@ def conform(table: pa.Table, first_row: int = 0, where: str = "pairs") -> pa.Tab
         table = table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         fields = {name: table.schema.field(name).type for name in PAIR_SCHEMA.names}
-        wrong = [f"'{n}' is {t}, expected {PAIR_SCHEMA.field(n).type}" for n, t in fields.items()
-                 if t != PAIR_SCHEMA.field(n).type]
+        wrong = [
+            f"'{n}' is {t}, expected {PAIR_SCHEMA.field(n).type}"
+            for n, t in fields.items()
+            if t != PAIR_SCHEMA.field(n).type
+        ]
         raise InputError(f"{where}: wrong column type: {'; '.join(wrong) or exc}") from None
     table = table.combine_chunks()
 
@@ -77,8 +88,11 @@ def conform(table: pa.Table, first_row: int = 0, where: str = "pairs") -> pa.Tab
     for name in PAIR_SCHEMA.names:
         if name not in NULLABLE:
             fail(pc.is_null(column[name]), name, "is null")
-    fail(pc.invert(pc.is_in(column["pair_type"], pa.array(PAIR_TYPES))), "pair_type",
-         f"is not one of {', '.join(PAIR_TYPES)}")
+    fail(
+        pc.invert(pc.is_in(column["pair_type"], pa.array(PAIR_TYPES))),
+        "pair_type",
+        f"is not one of {', '.join(PAIR_TYPES)}",
+    )
     for name in ("pair_id", "prompt_id"):
         fail(pc.equal(pc.utf8_length(column[name]), 0), name, "is empty")
     fail(pc.equal(pc.list_value_length(column["prompt"]), 0), "prompt", "has no messages")
@@ -94,6 +108,9 @@ def conform(table: pa.Table, first_row: int = 0, where: str = "pairs") -> pa.Tab
     for name in ("chosen_score", "rejected_score", "margin"):
         fail(pc.invert(pc.is_finite(column[name])), name, "is not a finite number")
     expected = pc.subtract(column["chosen_score"], column["rejected_score"])
-    fail(pc.greater(pc.abs(pc.subtract(column["margin"], expected)), MARGIN_TOLERANCE), "margin",
-         "is not chosen_score - rejected_score")
+    fail(
+        pc.greater(pc.abs(pc.subtract(column["margin"], expected)), MARGIN_TOLERANCE),
+        "margin",
+        "is not chosen_score - rejected_score",
+    )
     return table

@@ -27,8 +27,9 @@ RATINGS = tuple(range(1, 11))
 DIGITS = "0123456789"
 RATING_PREFIX = "Rating: "
 # "Rating: 7", "Rating: 7." or "Rating: 7/10", never "Rating: 11" or "Rating: 7.5"; or a line that starts with N
-RATING_PATTERN = re.compile(r"rating\s*[:=]?\s*\**\s*(10|[1-9])(?![0-9]|[.,][0-9])|^\s*\**(10|[1-9])(?![0-9.])",
-                            re.I | re.M)
+RATING_PATTERN = re.compile(
+    r"rating\s*[:=]?\s*\**\s*(10|[1-9])(?![0-9]|[.,][0-9])|^\s*\**(10|[1-9])(?![0-9.])", re.I | re.M
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class Score:
 
 def judge_messages(template: Template, item: ScoreItem) -> list[dict[str, str]]:
     """The judge sees the instruction (last user turn) and the response, rendered into the judge template."""
-    return [{"role": "user", "content": template.render(instruction=item.prompt[-1]["content"],
-                                                         response=item.response)}]
+    return [
+        {"role": "user", "content": template.render(instruction=item.prompt[-1]["content"], response=item.response)}
+    ]
 
 
 def parse_rating(text: str) -> int | None:
@@ -57,21 +59,23 @@ def parse_rating(text: str) -> int | None:
 
 
 class RewardModelScorer:
-    def __init__(self, model, tokenizer, scorer_id: str, batch_size: int = 8, max_length: int = 4096):
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 4096):
         self.model, self.tokenizer = model, tokenizer
-        self.scorer_id = scorer_id
         self.batch_size, self.max_length = batch_size, max_length
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = tokenizer.pad_token_id
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
-        encoded = [self.tokenizer.apply_chat_template(item.prompt + [{"role": "assistant", "content": item.response}],
-                                                      tokenize=True, return_dict=True)["input_ids"][:self.max_length]
-                   for item in items]
+        encoded = [
+            self.tokenizer.apply_chat_template(
+                item.prompt + [{"role": "assistant", "content": item.response}], tokenize=True, return_dict=True
+            )["input_ids"][: self.max_length]
+            for item in items
+        ]
         order = sorted(range(len(items)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
             logits = self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
             for i, value in zip(chunk, logits, strict=True):
@@ -91,13 +95,12 @@ class LogprobJudge:
 
     method = "judge-logprob.v2"  # the scorer id's prefix; v2: exact multi-token ratings (cached v1 scores differ)
 
-    def __init__(self, engine, template: Template, scorer_id: str, batch_size: int = 8):
+    def __init__(self, engine, template: Template, batch_size: int = 8):
         self.engine, self.template = engine, template  # an HFEngine: its model, tokenizer and chat template
-        self.scorer_id = scorer_id
         self.batch_size = batch_size
         self.spellings, self.finishing = self._rating_spellings()
         contexts = {context for terms in self.spellings.values() for context, _ in terms}
-        self.paths = sorted(c for c in contexts if c and not any(o != c and o[:len(c)] == c for o in contexts))
+        self.paths = sorted(c for c in contexts if c and not any(o != c and o[: len(c)] == c for o in contexts))
 
     def _rating_spellings(self) -> tuple[dict[int, list[tuple[tuple[int, ...], str]]], dict[str, torch.Tensor]]:
         """For each rating, the (all-digit tokens, rest) that spell it: the tokens spell its first digits and a
@@ -106,13 +109,15 @@ class LogprobJudge:
         tokenizer = self.engine.tokenizer
         base = tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
         for rating in RATINGS:
-            if tokenizer(RATING_PREFIX + str(rating), add_special_tokens=False)["input_ids"][:len(base)] != base:
-                raise InputError(f"scoring.model: its tokenizer merges {RATING_PREFIX!r} with the rating, so the "
-                                 f"logprob judge cannot read it; judge through a text engine (scoring.engine)")
+            if tokenizer(RATING_PREFIX + str(rating), add_special_tokens=False)["input_ids"][: len(base)] != base:
+                raise InputError(
+                    f"scoring.model: its tokenizer merges {RATING_PREFIX!r} with the rating, so the "
+                    f"logprob judge cannot read it; judge through a text engine (scoring.engine)"
+                )
         numerals: dict[str, list[int]] = {}  # digits -> tokens that are exactly those digits
         finishing: dict[str, list[int]] = {}  # digits ("" for none) -> tokens that are those digits, then no digit
         for token, text in enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])):
-            digits = text[:len(text) - len(text.lstrip(DIGITS))]
+            digits = text[: len(text) - len(text.lstrip(DIGITS))]
             (numerals if digits and digits == text else finishing).setdefault(digits, []).append(token)
 
         def spell(number: str, done: int, context: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], str]]:
@@ -133,7 +138,7 @@ class LogprobJudge:
         prompts = [self.engine.encode(judge_messages(self.template, item)) + prefix_ids for item in items]
         order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             for i, next_token in zip(chunk, self._next_token_logprobs([prompts[i] for i in chunk]), strict=True):
                 yield self._expected_rating(items[i].key, next_token)
             if progress:
@@ -149,24 +154,33 @@ class LogprobJudge:
         accepted = inspect.signature(model.forward).parameters
         cache_arg = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.x
         last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                       use_cache=True, **{cache_arg: cache}, **last_only).logits
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            **{cache_arg: cache},
+            **last_only,
+        ).logits
         after_prompt = torch.log_softmax(logits[:, -1].float(), dim=-1)
         cache.batch_repeat_interleave(copies)  # row b * copies + j continues prompt b with paths[j]
         paths = torch.tensor([list(p) + [pad] * (depth - len(p)) for p in self.paths], device=model.device)
         path_mask = torch.tensor([[1] * len(p) + [0] * (depth - len(p)) for p in self.paths], device=model.device)
         lengths = torch.tensor([len(p) for p in prompts], device=model.device).repeat_interleave(copies)
-        steps = model(input_ids=paths.repeat(len(prompts), 1), use_cache=True, **{cache_arg: cache},
-                      attention_mask=torch.cat([mask.repeat_interleave(copies, 0),
-                                                path_mask.repeat(len(prompts), 1)], dim=1),
-                      position_ids=lengths[:, None] + torch.arange(depth, device=model.device)).logits
+        steps = model(
+            input_ids=paths.repeat(len(prompts), 1),
+            use_cache=True,
+            **{cache_arg: cache},
+            attention_mask=torch.cat([mask.repeat_interleave(copies, 0), path_mask.repeat(len(prompts), 1)], dim=1),
+            position_ids=lengths[:, None] + torch.arange(depth, device=model.device),
+        ).logits
         steps = torch.log_softmax(steps.float(), dim=-1)
         results = []
         for b in range(len(prompts)):
-            next_token = {(): after_prompt[b]}
+            next_token: dict[tuple[int, ...], torch.Tensor] = {(): after_prompt[b]}
             for j, path in enumerate(self.paths):
                 for k in range(len(path)):
-                    next_token[path[:k + 1]] = steps[b * copies + j, k]
+                    next_token[path[: k + 1]] = steps[b * copies + j, k]
             results.append(next_token)
         return results
 
@@ -174,9 +188,12 @@ class LogprobJudge:
         probability = {}
         for rating, terms in self.spellings.items():
             probability[rating] = sum(
-                math.exp(sum(next_token[context[:k]][token].item() for k, token in enumerate(context))
-                         + torch.logsumexp(next_token[context][self.finishing[rest]], dim=0).item())
-                for context, rest in terms)
+                math.exp(
+                    sum(next_token[context[:k]][token].item() for k, token in enumerate(context))
+                    + torch.logsumexp(next_token[context][self.finishing[rest]], dim=0).item()
+                )
+                for context, rest in terms
+            )
         mass = sum(probability.values())
         if mass <= 0:
             return Score(key, None, "no probability on any rating")
@@ -189,9 +206,8 @@ class TextJudge:
 
     method = "judge-text.v2"  # the scorer id's prefix; v2: "Rating: 11" and "Rating: 7.5" are no longer ratings
 
-    def __init__(self, engine, template: Template, scorer_id: str, max_attempts: int = 3, seed: int = 0):
+    def __init__(self, engine, template: Template, max_attempts: int = 3, seed: int = 0):
         self.engine, self.template = engine, template
-        self.scorer_id = scorer_id
         self.max_attempts = max_attempts
         self.seed = seed
         self.reasks = 0  # answers without a rating that were asked again
@@ -199,10 +215,12 @@ class TextJudge:
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
         remaining = {item.key: item for item in items}
         for attempt in range(self.max_attempts):
-            params = SamplingParams(n=1, temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_new_tokens=24,
-                                    seed=self.seed + attempt)
-            requests = [GenerationRequest(key, judge_messages(self.template, item), params)
-                        for key, item in remaining.items()]
+            params = SamplingParams(
+                n=1, temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_new_tokens=24, seed=self.seed + attempt
+            )
+            requests = [
+                GenerationRequest(key, judge_messages(self.template, item), params) for key, item in remaining.items()
+            ]
             for result in self.engine.generate(requests):
                 text = result.completions[0].text if result.completions else ""
                 rating = parse_rating(text) if result.error is None else None

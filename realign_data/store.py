@@ -2,7 +2,7 @@
 
 Layout under the root (``--store`` / ``$REALIGN_STORE``, default ``./realign-store``)::
 
-    datasets/NAME/vN/manifest.json        provenance, row counts, sha256 of every file
+    datasets/NAME/vN/version.json         the version record: provenance, row counts, sha256 of every file
     datasets/NAME/vN/data/shard-00000.parquet
     catalog.duckdb                        table catalog_versions; views versions and pairs
     tmp/                                  staging for writes in progress
@@ -10,9 +10,9 @@ Layout under the root (``--store`` / ``$REALIGN_STORE``, default ``./realign-sto
 
 A version becomes visible by one atomic rename of a fully written, fsynced staging directory, so a writer killed
 at any moment leaves nothing partial. Version numbers are assigned under a file lock; the filesystem is the source
-of truth: the catalog is rebuilt from the version manifests into a new file, checked, and only then swapped in, so
+of truth: the catalog is rebuilt from the version records into a new file, checked, and only then swapped in, so
 a failed rebuild (a full disk) leaves the previous catalog in place. A missing or damaged catalog is rebuilt from
-the manifests. Folders that are not valid versions are reported and skipped, never fatal.
+the records. Folders that are not valid versions are reported and skipped, never fatal.
 
 Staging names carry the writer's host and pid; leftovers are removed only for writers of this host that are gone,
 so a store shared between machines never loses another host's write in progress.
@@ -21,7 +21,7 @@ so a store shared between machines never loses another host's write in progress.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import re
 import shutil
@@ -40,16 +40,31 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from realign_data.errors import InputError, IntegrityError, RealignError, describe_os_error
-from realign_data.models import sha256_file
+from realign_data.files import json_text, sha256_file, write_json
 from realign_data.provenance import code_provenance, utc_now
 from realign_data.schema import PAIR_SCHEMA, conform
+
+log = logging.getLogger(__name__)
 
 FORMAT = "realign.pairs/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REF_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*?)(@v(?P<version>[0-9]+))?$")
 SHARD_ROWS = 500_000
-MANIFEST_KEYS = ("format", "dataset", "version", "created_at", "num_rows", "rows_by_pair_type", "files", "config",
-                 "inputs", "models", "code")
+RECORD_FILE = "version.json"  # the version record
+LEGACY_RECORD_FILE = "manifest.json"  # its name before realign 0.2, still read
+RECORD_KEYS = (
+    "format",
+    "dataset",
+    "version",
+    "created_at",
+    "num_rows",
+    "rows_by_pair_type",
+    "files",
+    "config",
+    "inputs",
+    "models",
+    "code",
+)
 HOST = socket.gethostname()
 
 
@@ -75,33 +90,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def json_safe(data: Any) -> Any:
-    """``data`` as plain JSON values that any parser reads: numpy scalars unwrapped, NaN and infinities as None."""
-    if hasattr(data, "item") and getattr(data, "ndim", None) == 0:  # a numpy scalar
-        data = data.item()
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {key: json_safe(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_safe(value) for value in data]
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file, fsynced, renamed over ``path``); non-finite floats become null."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(json_safe(data), handle, indent=2, ensure_ascii=False, default=str, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def staging_name(prefix: str) -> str:
     """``prefix~host~pid~random``: whose staging file or folder this is, for the clean-up of dead writers."""
     return f"{prefix}~{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
@@ -123,24 +111,33 @@ class Version:
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
+    @property
+    def record_path(self) -> Path:
+        """``version.json``; ``manifest.json`` in versions written before realign 0.2 (still read)."""
+        legacy = self.path / LEGACY_RECORD_FILE
+        return legacy if legacy.exists() and not (self.path / RECORD_FILE).exists() else self.path / RECORD_FILE
+
     @cached_property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+    def record(self) -> dict[str, Any]:
+        return json.loads(self.record_path.read_text())
 
     @property
     def files(self) -> list[Path]:
-        """The data files, each checked against the size its manifest records (full hashes: ``verify``)."""
+        """The data files, each checked against the size its record gives (full hashes: ``verify``)."""
         files = []
-        for entry in self.manifest["files"]:
+        for entry in self.record["files"]:
             path = self.path / entry["path"]
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
-                raise IntegrityError(f"{path}: missing (listed in the manifest of {self.ref}); run "
-                                     f"`realign-data verify {self.ref}`") from None
+                raise IntegrityError(
+                    f"{path}: missing (listed in the record of {self.ref}); run `realign-data verify {self.ref}`"
+                ) from None
             if size != entry["bytes"]:
-                raise IntegrityError(f"{path}: {size} bytes, its manifest records {entry['bytes']}: the file is "
-                                     f"damaged; run `realign-data verify {self.ref}`")
+                raise IntegrityError(
+                    f"{path}: {size} bytes, its version record says {entry['bytes']}: the file is "
+                    f"damaged; run `realign-data verify {self.ref}`"
+                )
             files.append(path)
         return files
 
@@ -158,14 +155,17 @@ class Version:
             try:
                 pq.read_metadata(path)
             except (pa.ArrowException, OSError) as exc:
-                raise IntegrityError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); run "
-                                     f"`realign-data verify {self.ref}`") from None
+                raise IntegrityError(
+                    f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); run "
+                    f"`realign-data verify {self.ref}`"
+                ) from None
 
     def unreadable(self, exc: Exception) -> IntegrityError:
         """The error for data files that pass the size check but cannot be read."""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return IntegrityError(f"{self.path}: a data file of {self.ref} cannot be read ({reason}); run "
-                              f"`realign-data verify {self.ref}`")
+        return IntegrityError(
+            f"{self.path}: a data file of {self.ref} cannot be read ({reason}); run `realign-data verify {self.ref}`"
+        )
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
@@ -173,28 +173,67 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -
         con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
 
 
-def create_version_tables(con: duckdb.DuckDBPyConnection, versions: list[Version], recorded: dict[str, str],
-                          publications: list[dict[str, Any]]) -> None:
+def _catalog_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'catalog_versions'"
+        ).fetchall()
+    }
+
+
+def create_version_tables(
+    con: duckdb.DuckDBPyConnection,
+    versions: list[Version],
+    recorded: dict[str, str],
+    publications: list[dict[str, Any]],
+) -> None:
     """Tables ``catalog_versions``, ``publications`` and ``empty_pairs`` and view ``versions`` on ``con``:
     the same definitions in the catalog file and in the query sandbox."""
     con.execute("""CREATE TABLE catalog_versions (
         dataset VARCHAR, version INTEGER, ref VARCHAR, path VARCHAR, created_at TIMESTAMPTZ,
-        num_rows BIGINT, rows_by_pair_type JSON, num_files INTEGER, bytes BIGINT, manifest_sha256 VARCHAR,
+        num_rows BIGINT, rows_by_pair_type JSON, num_files INTEGER, bytes BIGINT, record_sha256 VARCHAR,
         realign_version VARCHAR, git_sha VARCHAR, config JSON, models JSON, inputs JSON)""")
-    _insert(con, "catalog_versions", [
-        [v.name, v.version, v.ref, str(v.path), m["created_at"], m["num_rows"], json.dumps(m["rows_by_pair_type"]),
-         len(m["files"]), sum(f["bytes"] for f in m["files"]),
-         recorded.get(v.ref) or sha256_file(v.path / "manifest.json"), m["code"].get("realign_version"),
-         m["code"].get("git_sha"), json.dumps(m["config"]), json.dumps(m["models"]), json.dumps(m["inputs"])]
-        for v in versions for m in [v.manifest]])
+    _insert(
+        con,
+        "catalog_versions",
+        [
+            [
+                v.name,
+                v.version,
+                v.ref,
+                str(v.path),
+                m["created_at"],
+                m["num_rows"],
+                json.dumps(m["rows_by_pair_type"]),
+                len(m["files"]),
+                sum(f["bytes"] for f in m["files"]),
+                recorded.get(v.ref) or sha256_file(v.record_path),
+                m["code"].get("realign_version"),
+                m["code"].get("git_sha"),
+                json.dumps(m["config"]),
+                json.dumps(m["models"]),
+                json.dumps(m["inputs"]),
+            ]
+            for v in versions
+            for m in [v.record]
+        ],
+    )
     con.execute("""CREATE VIEW versions AS
         SELECT dataset, version, ref, created_at, num_rows, rows_by_pair_type, num_files, bytes,
                realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
-    con.execute("CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
-                "published_at TIMESTAMPTZ, private BOOLEAN)")
-    _insert(con, "publications", [
-        [r.get("ref"), r.get("repo_id"), r.get("hub_commit"), r.get("published_at"), r.get("private")]
-        for r in publications])
+    con.execute(
+        "CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
+        "published_at TIMESTAMPTZ, private BOOLEAN)"
+    )
+    _insert(
+        con,
+        "publications",
+        [
+            [r.get("ref"), r.get("repo_id"), r.get("hub_commit"), r.get("published_at"), r.get("private")]
+            for r in publications
+        ],
+    )
     empty = PAIR_SCHEMA.empty_table()  # noqa: F841 (read by name below)
     con.execute("CREATE TABLE empty_pairs AS SELECT * FROM empty")
 
@@ -202,8 +241,9 @@ def create_version_tables(con: duckdb.DuckDBPyConnection, versions: list[Version
 def check_name(name: str, hint: str = "", what: str = "dataset name") -> None:
     """Refuse a name that cannot be one plain store folder (no path, no '..'); ``hint`` says how to choose another."""
     if not NAME_PATTERN.match(name) or name.strip(".") == "":
-        raise InputError(f"{what} {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or "
-                         f"digit{hint}")
+        raise InputError(
+            f"{what} {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit{hint}"
+        )
 
 
 class Store:
@@ -215,7 +255,7 @@ class Store:
         self.catalog_path = self.root / "catalog.duckdb"
         self._lock = FileLock(str(self.root / ".lock"))
         self.skipped: dict[str, str] = {}  # folder (relative to the root) -> why it is not a valid version
-        self.notes: list[str] = []  # what a command should tell its user (e.g. a catalog rebuilt from manifests)
+        self.notes: list[str] = []  # what a command should tell its user (e.g. a catalog rebuilt from records)
 
     # ---- reading -------------------------------------------------------------------------------------------
     def versions(self, name: str | None = None) -> list[Version]:
@@ -242,30 +282,32 @@ class Store:
             self.skipped[where] = "not a version folder (vN)"
             return None
         try:
-            manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
+            record = json.loads(Version(dataset, 0, entry).record_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            self.skipped[where] = "no manifest.json"
+            self.skipped[where] = f"no {RECORD_FILE}"
             return None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self.skipped[where] = f"manifest.json unreadable ({str(exc).splitlines()[0]})"
+            self.skipped[where] = f"{RECORD_FILE} unreadable ({str(exc).splitlines()[0]})"
             return None
-        missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else ["all"]
+        missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else ["all"]
         if missing:
-            self.skipped[where] = f"manifest.json lacks {', '.join(missing)}"
+            self.skipped[where] = f"{RECORD_FILE} lacks {', '.join(missing)}"
             return None
-        if (manifest["dataset"], manifest["version"]) != (dataset, int(entry.name[1:])):
-            self.skipped[where] = (f"manifest.json describes {manifest['dataset']}@v{manifest['version']}, "
-                                   "not this folder")
+        if (record["dataset"], record["version"]) != (dataset, int(entry.name[1:])):
+            self.skipped[where] = f"{RECORD_FILE} describes {record['dataset']}@v{record['version']}, not this folder"
             return None
         version = Version(dataset, int(entry.name[1:]), entry)
-        version.__dict__["manifest"] = manifest  # read once
+        version.__dict__["record"] = record  # read once
         return version
 
     def _next_version(self, name: str) -> int:
         """One more than any vN folder of ``name``, valid or not, so that a broken folder is never overwritten."""
         folder = self.root / "datasets" / name
-        numbers = [int(e.name[1:]) for e in folder.iterdir() if e.name[:1] == "v" and e.name[1:].isdigit()] \
-            if folder.is_dir() else []
+        numbers = (
+            [int(e.name[1:]) for e in folder.iterdir() if e.name[:1] == "v" and e.name[1:].isdigit()]
+            if folder.is_dir()
+            else []
+        )
         return max(numbers, default=0) + 1
 
     def resolve(self, ref: str) -> Version:
@@ -276,21 +318,30 @@ class Store:
         versions = self.versions(match["name"])
         if not versions:
             known = sorted({v.name for v in self.versions()})
-            raise InputError(f"no dataset {match['name']!r} in {self.root}"
-                               + (f" (datasets: {', '.join(known)})" if known else " (the store is empty)"))
+            raise InputError(
+                f"no dataset {match['name']!r} in {self.root}"
+                + (f" (datasets: {', '.join(known)})" if known else " (the store is empty)")
+            )
         if match["version"] is None:
             return versions[-1]
         for candidate in versions:
             if candidate.version == int(match["version"]):
                 return candidate
-        raise InputError(f"no version {ref} in {self.root} (versions: "
-                           f"{', '.join(v.ref for v in versions)})")
+        raise InputError(f"no version {ref} in {self.root} (versions: {', '.join(v.ref for v in versions)})")
 
     # ---- writing -------------------------------------------------------------------------------------------
-    def write_version(self, name: str, batches: Iterable[pa.Table | pa.RecordBatch], *,
-                      config: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
-                      models: dict[str, Any] | None = None, stats: dict[str, Any] | None = None,
-                      shard_rows: int = SHARD_ROWS, source: str = "pairs") -> Version:
+    def write_version(
+        self,
+        name: str,
+        batches: Iterable[pa.Table | pa.RecordBatch],
+        *,
+        config: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        models: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+        shard_rows: int = SHARD_ROWS,
+        source: str = "pairs",
+    ) -> Version:
         """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``;
         ``source`` names where the rows came from in error messages."""
         check_name(name)
@@ -298,22 +349,32 @@ class Store:
         (staging / "data").mkdir(parents=True)
         try:
             files, counts = self._write_shards(staging, batches, shard_rows, source)
-            manifest = {
-                "format": FORMAT, "dataset": name, "version": None, "created_at": utc_now(),
-                "num_rows": sum(counts.values()), "rows_by_pair_type": dict(sorted(counts.items())),
-                "files": files, "schema": PAIR_SCHEMA.names, "config": config or {}, "inputs": inputs or {},
-                "models": models or {}, "stats": stats or {}, "code": code_provenance(),
+            record = {
+                "format": FORMAT,
+                "dataset": name,
+                "version": None,
+                "created_at": utc_now(),
+                "num_rows": sum(counts.values()),
+                "rows_by_pair_type": dict(sorted(counts.items())),
+                "files": files,
+                "schema": PAIR_SCHEMA.names,
+                "config": config or {},
+                "inputs": inputs or {},
+                "models": models or {},
+                "stats": stats or {},
+                "code": code_provenance(),
             }
             with self._lock:
                 self._remove_abandoned_staging()
                 version = self._next_version(name)
-                manifest["version"] = version
-                write_json(staging / "manifest.json", manifest)
+                record["version"] = version
+                write_json(staging / RECORD_FILE, record)
                 _fsync(staging)
                 target = self.root / "datasets" / name / f"v{version}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, target)
                 _fsync(target.parent)
+                log.info("wrote %s@v%d (%d rows) at %s", name, version, record["num_rows"], target)
                 self._sync_catalog_after_write(f"{name}@v{version}")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -326,29 +387,45 @@ class Store:
             self._sync_catalog()
         except (OSError, RealignError) as exc:
             reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            raise RealignError(f"{what} is written and safe, but the catalog could not be rebuilt ({reason}); the "
-                               "previous catalog is kept; run `realign-data catalog rebuild` once fixed") from None
+            raise RealignError(
+                f"{what} is written and safe, but the catalog could not be rebuilt ({reason}); the "
+                "previous catalog is kept; run `realign-data catalog rebuild` once fixed"
+            ) from None
 
-    def _write_shards(self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch],
-                      shard_rows: int, source: str) -> tuple[list[dict[str, Any]], Counter]:
+    def _write_shards(
+        self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch], shard_rows: int, source: str
+    ) -> tuple[list[dict[str, Any]], Counter]:
         files: list[dict[str, Any]] = []
         counts: Counter = Counter()
         seen_ids: set[str] = set()
-        writer, shard_path, shard_count, total = None, None, 0, 0
+        writer: pq.ParquetWriter | None = None
+        shard_path: Path | None = None
+        shard_count, total = 0, 0
 
         def close_shard() -> None:
+            assert writer is not None and shard_path is not None  # called only while a shard is open
             writer.close()
             _fsync(shard_path)
-            files.append({"path": str(shard_path.relative_to(staging)), "rows": shard_count,
-                          "bytes": shard_path.stat().st_size, "sha256": sha256_file(shard_path)})
+            files.append(
+                {
+                    "path": str(shard_path.relative_to(staging)),
+                    "rows": shard_count,
+                    "bytes": shard_path.stat().st_size,
+                    "sha256": sha256_file(shard_path),
+                }
+            )
 
         for batch in batches:
-            table = conform(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch,
-                            first_row=total, where=source)
+            table = conform(
+                pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch,
+                first_row=total,
+                where=source,
+            )
             for row, pair_id in enumerate(table["pair_id"].to_pylist()):
                 if pair_id in seen_ids:
-                    raise InputError(f"{source}: row {total + row}: field 'pair_id' {pair_id!r} is not unique "
-                                     "in the version")
+                    raise InputError(
+                        f"{source}: row {total + row}: field 'pair_id' {pair_id!r} is not unique in the version"
+                    )
                 seen_ids.add(pair_id)
             counts.update(table["pair_type"].to_pylist())
             offset = 0
@@ -382,25 +459,28 @@ class Store:
 
     # ---- catalog -------------------------------------------------------------------------------------------
     def catalog_state(self, versions: list[Version]) -> str:
-        """``current``, ``stale``, ``missing``, or ``damaged (reason)``: the catalog against the manifests."""
+        """``current``, ``stale``, ``missing``, or ``damaged (reason)``: the catalog against the records."""
         if not self.catalog_path.exists():
             return "missing"
         try:
             with self._connect_read_only() as con:
                 rows = con.execute("SELECT ref, path FROM catalog_versions ORDER BY ref").fetchall()
+                columns = _catalog_columns(con)
         except duckdb.Error as exc:
             return f"damaged ({str(exc).splitlines()[0]})"
+        if "record_sha256" not in columns:  # a catalog written before realign 0.2 named it manifest_sha256
+            return "stale"
         return "current" if rows == sorted((v.ref, str(v.path)) for v in versions) else "stale"
 
     def rebuild_catalog(self) -> str:
-        """Rebuild the catalog from the manifests (checked, then swapped in); returns its state before."""
+        """Rebuild the catalog from the records (checked, then swapped in); returns its state before."""
         state = self.catalog_state(self.versions())
         with self._lock:
             self._sync_catalog()
         return state
 
     def ensure_catalog(self) -> str | None:
-        """Bring the catalog up to date with the manifests; returns a note when it was missing or damaged."""
+        """Bring the catalog up to date with the records; returns a note when it was missing or damaged."""
         versions = self.versions()
         state = self.catalog_state(versions)
         if state == "current":
@@ -409,21 +489,24 @@ class Store:
             self._sync_catalog()
         if state == "stale":
             return None
-        return (f"catalog.duckdb was {state}; rebuilt from the manifests of {len(versions)} version(s) "
-                "(edits to a manifest made before this rebuild can no longer be detected)")
+        return (
+            f"catalog.duckdb was {state}; rebuilt from the records of {len(versions)} version(s) "
+            "(edits to a record made before this rebuild can no longer be detected)"
+        )
 
     def _sync_catalog(self) -> None:
-        """Rebuild the catalog from the version manifests into a new file, check it, then swap it in atomically.
+        """Rebuild the catalog from the version records into a new file, check it, then swap it in atomically.
 
-        Called under the lock. A manifest's sha256 recorded by an earlier catalog is kept, so that `verify`
-        still notices a manifest edited after its version was written. Any failure leaves the previous catalog.
+        Called under the lock. A record's sha256 recorded by an earlier catalog is kept, so that `verify`
+        still notices a record edited after its version was written. Any failure leaves the previous catalog.
         """
         versions = self.versions()
         recorded: dict[str, str] = {}
         if self.catalog_path.exists():
             try:
                 with self._connect_read_only() as con:
-                    recorded = dict(con.execute("SELECT ref, manifest_sha256 FROM catalog_versions").fetchall())
+                    column = "record_sha256" if "record_sha256" in _catalog_columns(con) else "manifest_sha256"
+                    recorded = dict(con.execute(f"SELECT ref, {column} FROM catalog_versions").fetchall())
             except duckdb.Error:
                 recorded = {}
         staging = self.root / "tmp" / (staging_name("catalog") + ".duckdb")
@@ -434,8 +517,9 @@ class Store:
                     self._build_catalog(con, versions, recorded)
                     con.execute("CHECKPOINT")
             except duckdb.Error as exc:
-                raise RealignError(f"the catalog could not be rebuilt ({str(exc).splitlines()[0]}); the "
-                                   "previous catalog is kept") from exc
+                raise RealignError(
+                    f"the catalog could not be rebuilt ({str(exc).splitlines()[0]}); the previous catalog is kept"
+                ) from exc
             self._check_catalog(staging, versions)
             _fsync(staging)
             os.replace(staging, self.catalog_path)
@@ -457,8 +541,7 @@ class Store:
         if refs != sorted(v.ref for v in versions):
             raise RealignError(f"the new catalog lists {len(refs)} version(s) instead of {len(versions)}")
 
-    def _build_catalog(self, con: duckdb.DuckDBPyConnection, versions: list[Version],
-                       recorded: dict[str, str]) -> None:
+    def _build_catalog(self, con: duckdb.DuckDBPyConnection, versions: list[Version], recorded: dict[str, str]) -> None:
         create_version_tables(con, versions, recorded, self.publications())
         files = [str(f) for v in versions for f in v.files]
         if files:
@@ -469,8 +552,10 @@ class Store:
                        * EXCLUDE (filename)
                 FROM read_parquet([{listing}], filename = true)""")
         else:  # an empty store: a typed, row-less table
-            con.execute("CREATE TABLE pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * "
-                        "FROM empty_pairs WHERE false")
+            con.execute(
+                "CREATE TABLE pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * "
+                "FROM empty_pairs WHERE false"
+            )
 
     def publications(self) -> list[dict[str, Any]]:
         """Hub publications of this store's versions (``publications.jsonl``), oldest first."""
@@ -483,15 +568,14 @@ class Store:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise IntegrityError(f"{path}:{number}: not a JSON record; remove or repair that line") \
-                        from None
+                    raise IntegrityError(f"{path}:{number}: not a JSON record; remove or repair that line") from None
         return records
 
     def record_publication(self, record: dict[str, Any]) -> None:
         """Append a publication (after the upload succeeded) and refresh the catalog's ``publications`` table."""
         with self._lock:
             with open(self.root / "publications.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+                handle.write(json_text(record) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             self._sync_catalog_after_write(f"the publication of {record['ref']}")
@@ -528,21 +612,68 @@ class Store:
                 by_type = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
             except duckdb.Error as exc:
                 raise version.unreadable(exc) from None
-        manifest = version.manifest
-        return {"ref": version.ref, "created_at": manifest["created_at"], "num_rows": manifest["num_rows"],
-                "files": len(manifest["files"]), "bytes": sum(f["bytes"] for f in manifest["files"]),
-                "models": manifest["models"], "by_pair_type": by_type}
+        record = version.record
+        return {
+            "ref": version.ref,
+            "created_at": record["created_at"],
+            "num_rows": record["num_rows"],
+            "files": len(record["files"]),
+            "bytes": sum(f["bytes"] for f in record["files"]),
+            "models": record["models"],
+            "by_pair_type": by_type,
+        }
 
     # ---- integrity and export ------------------------------------------------------------------------------
+    def diff(self, left: str, right: str) -> dict[str, Any]:
+        """Pairs added and removed (by pair_id), prompts only on one side, score and margin shifts of shared pairs."""
+        a, b = self.resolve(left), self.resolve(right)
+        with duckdb.connect() as con:
+            a.view(con, "a")
+            b.view(con, "b")
+
+            def one(sql: str) -> Any:
+                return con.sql(sql).fetchall()[0]
+
+            added = con.execute(
+                "SELECT pair_type, count(*) FROM b ANTI JOIN a USING (pair_id) GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            removed = con.execute(
+                "SELECT pair_type, count(*) FROM a ANTI JOIN b USING (pair_id) GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            shared = one(
+                "SELECT count(*), avg(b.margin - a.margin), avg(b.chosen_score - a.chosen_score), "
+                "avg(b.rejected_score - a.rejected_score) FROM a JOIN b USING (pair_id)"
+            )
+            prompts_only_left = one(
+                "SELECT count(DISTINCT prompt_id) FROM a WHERE prompt_id NOT IN (SELECT prompt_id FROM b)"
+            )[0]
+            prompts_only_right = one(
+                "SELECT count(DISTINCT prompt_id) FROM b WHERE prompt_id NOT IN (SELECT prompt_id FROM a)"
+            )[0]
+            margins = {side: one(f"SELECT avg(margin), median(margin) FROM {side}") for side in ("a", "b")}
+        return {
+            "left": a.ref,
+            "right": b.ref,
+            "added": dict(added),
+            "removed": dict(removed),
+            "shared_pairs": shared[0],
+            "mean_margin_shift_shared": shared[1],
+            "mean_chosen_score_shift_shared": shared[2],
+            "mean_rejected_score_shift_shared": shared[3],
+            "prompts_only_left": prompts_only_left,
+            "prompts_only_right": prompts_only_right,
+            "margin_mean_median": {a.ref: margins["a"], b.ref: margins["b"]},
+        }
+
     def verify(self, ref: str) -> list[str]:
         """Re-hash every file of a version; returns the problems found (empty when intact).
 
         A missing or damaged catalog is rebuilt first (noted in ``notes``); on a store that cannot be written
-        the manifest check uses the catalog as it is."""
+        the record check uses the catalog as it is."""
         version = self.resolve(ref)
         problems = []
         listed = set()
-        for entry in version.manifest["files"]:
+        for entry in version.record["files"]:
             path = version.path / entry["path"]
             listed.add(path)
             if not path.is_file():
@@ -550,10 +681,10 @@ class Store:
             elif path.stat().st_size != entry["bytes"]:
                 problems.append(f"{entry['path']}: size {path.stat().st_size} != recorded {entry['bytes']}")
             elif sha256_file(path) != entry["sha256"]:
-                problems.append(f"{entry['path']}: sha256 differs from the manifest")
+                problems.append(f"{entry['path']}: sha256 differs from the record")
         for path in sorted(version.path.rglob("*")):
-            if path.is_file() and path not in listed and path.name != "manifest.json":
-                problems.append(f"{path.relative_to(version.path)}: not listed in the manifest")
+            if path.is_file() and path not in listed and path.name not in (RECORD_FILE, LEGACY_RECORD_FILE):
+                problems.append(f"{path.relative_to(version.path)}: not listed in the record")
         try:
             note = self.ensure_catalog()
         except OSError as exc:
@@ -562,12 +693,11 @@ class Store:
             self.notes.append(note)
         try:
             with self._connect_read_only() as con:
-                row = con.execute("SELECT manifest_sha256 FROM catalog_versions WHERE ref = ?",
-                                  [version.ref]).fetchone()
+                row = con.execute("SELECT record_sha256 FROM catalog_versions WHERE ref = ?", [version.ref]).fetchone()
         except duckdb.Error:
             row = None
-        if row and row[0] != sha256_file(version.path / "manifest.json"):
-            problems.append("manifest.json: changed since the version was catalogued")
+        if row and row[0] != sha256_file(version.record_path):
+            problems.append(f"{version.record_path.name}: changed since the version was catalogued")
         return problems
 
     def export(self, ref: str, fmt: str, out: Path) -> Path:
@@ -592,9 +722,7 @@ class Store:
                     for file in files:
                         try:
                             for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
-                                handle.write("".join(
-                                    json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False, default=str) + "\n"
-                                    for row in batch.to_pylist()))
+                                handle.write("".join(json_text(row) + "\n" for row in batch.to_pylist()))
                         except pa.ArrowException as exc:  # a damaged shard (writes raise plain OSError)
                             raise version.unreadable(exc) from None
             else:

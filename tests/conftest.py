@@ -11,6 +11,9 @@ import pytest
 from realign_data.models import DEFAULT_MODEL, resolve_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets and huggingface_hub read it: the Hub is not reachable
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one compute thread each, and the
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # CLIs the tests start inherit it (set before torch loads)
+        os.environ.setdefault(variable, "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,10 +51,19 @@ def tiny_model_dir(tmp_path_factory, smollm2, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def pair_row(index: int = 0, **overrides) -> dict:
     """One valid pair row of the contract; keyword arguments replace fields."""
     row = {
@@ -42,12 +43,24 @@ def pair_table(rows: list[dict]):
     return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = False, prog: str = "realign-data",
-            cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    check: bool = False,
+    prog: str = "realign-data",
+    cwd: str | Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run a realign CLI (``prog``) as a user would, in a subprocess; returns the completed process."""
     script = shutil.which(prog, path=str(Path(sys.executable).parent))
-    result = subprocess.run([script, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                            env={**os.environ, "COLUMNS": "200", **(env or {})})
+    result = subprocess.run(
+        [script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -97,5 +110,8 @@ def tree_digest(root: str | Path) -> dict[str, str]:
     root = Path(root)
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

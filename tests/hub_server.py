@@ -92,8 +92,9 @@ class LocalHub:
                         hub.authorizations.append(self.headers.get("Authorization"))
                         if name in WRITES and hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
                             raise HubError(401, "Invalid credentials in Authorization header")
-                        status, payload = getattr(hub, name)(match.groupdict(), parse_qs(url.query), body,
-                                                             self.headers, headers)
+                        status, payload = getattr(hub, name)(
+                            match.groupdict(), parse_qs(url.query), body, self.headers, headers
+                        )
                 except HubError as error:
                     status, payload = error.status, json.dumps({"error": str(error)}).encode()
                     if error.code:
@@ -126,8 +127,9 @@ class LocalHub:
     def _add_commit(self, repo: str, message: str, files: dict[str, bytes]) -> Commit:
         history = self.repos.setdefault(repo, [])
         parent = history[-1].oid if history else ""
-        digest = hashlib.sha1(json.dumps([parent, message, sorted((p, blob_oid(c)) for p, c in files.items())])
-                              .encode()).hexdigest()
+        digest = hashlib.sha1(
+            json.dumps([parent, message, sorted((p, blob_oid(c)) for p, c in files.items())]).encode()
+        ).hexdigest()
         commit = Commit(digest, message, files)
         history.append(commit)
         return commit
@@ -177,9 +179,19 @@ class LocalHub:
     def info(self, match, query, body, request_headers, headers):
         repo = match["repo"]
         commit = self._commit_at(repo, match["rev"] or "main")
-        return 200, {"_id": repo, "id": repo, "sha": commit.oid, "private": self.private[repo], "disabled": False,
-                     "gated": False, "downloads": 0, "likes": 0, "tags": [], "lastModified": "2026-01-01T00:00:00.000Z",
-                     "siblings": [{"rfilename": path} for path in sorted(commit.files)]}
+        return 200, {
+            "_id": repo,
+            "id": repo,
+            "sha": commit.oid,
+            "private": self.private[repo],
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "lastModified": "2026-01-01T00:00:00.000Z",
+            "siblings": [{"rfilename": path} for path in sorted(commit.files)],
+        }
 
     def tree(self, match, query, body, request_headers, headers):
         commit = self._commit_at(match["repo"], match["rev"])
@@ -189,7 +201,7 @@ class LocalHub:
         for path in sorted(commit.files):
             if not path.startswith(prefix):
                 continue
-            rest = path[len(prefix):]
+            rest = path[len(prefix) :]
             if "/" in rest and not recursive:
                 folders.add(prefix + rest.split("/")[0])
                 continue
@@ -204,8 +216,14 @@ class LocalHub:
         files = []
         for item in json.loads(body)["files"]:
             remote = commit.files.get(item["path"])
-            files.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False,
-                          "oid": blob_oid(remote) if remote is not None else None})
+            files.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": blob_oid(remote) if remote is not None else None,
+                }
+            )
         return 200, {"files": files, "commitOid": commit.oid}
 
     def commit(self, match, query, body, request_headers, headers):
@@ -230,16 +248,20 @@ class LocalHub:
             else:
                 raise HubError(400, f"unsupported commit operation {item['key']!r}")
         commit = self._add_commit(repo, message, files)
-        return 200, {"success": True, "commitOid": commit.oid, "commitUrl": f"{self.url}/datasets/{repo}/commit/"
-                                                                           f"{commit.oid}"}
+        return 200, {
+            "success": True,
+            "commitOid": commit.oid,
+            "commitUrl": f"{self.url}/datasets/{repo}/commit/{commit.oid}",
+        }
 
     def _file(self, match, headers) -> bytes:
         commit = self._commit_at(match["repo"], match["rev"])
         if match["path"] not in commit.files:
             raise HubError(404, f"Entry not found: {match['path']}", "EntryNotFound")
         content = commit.files[match["path"]]
-        headers.update({"X-Repo-Commit": commit.oid, "ETag": f'"{blob_oid(content)}"',
-                        "Content-Type": "application/octet-stream"})
+        headers.update(
+            {"X-Repo-Commit": commit.oid, "ETag": f'"{blob_oid(content)}"', "Content-Type": "application/octet-stream"}
+        )
         return content
 
     def metadata(self, match, query, body, request_headers, headers):

@@ -81,11 +81,22 @@ class ScriptedOpenAIServer:
             return {"error": {"message": f"scripted {reply.status}", "type": "scripted", "code": reply.status}}
         content = reply.content if reply.content is not None else f"echo: {request['messages'][-1]['content']}"
         count = reply.choices or request.get("n") or 1
-        return {"id": "cmpl-test", "object": "chat.completion", "created": 0, "model": request["model"],
-                "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
-                             **({"logprobs": {"content": reply.logprobs}} if reply.logprobs is not None else {})}
-                            for i in range(count)],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3 * count, "total_tokens": 5 + 3 * count}}
+        return {
+            "id": "cmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request["model"],
+            "choices": [
+                {
+                    "index": i,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                    **({"logprobs": {"content": reply.logprobs}} if reply.logprobs is not None else {}),
+                }
+                for i in range(count)
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3 * count, "total_tokens": 5 + 3 * count},
+        }
 
     def __enter__(self) -> ScriptedOpenAIServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

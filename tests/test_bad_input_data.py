@@ -46,8 +46,7 @@ CASES = [
     (["build", "-m", "{tmp}/extends-dir.yaml", "--store", S], "manifest-dir: is a directory"),
     (["config", "show", "-m", "{tmp}/manifest-dir"], "is a directory"),
     (["config", "show", "--format", "toml"], "--format 'toml'"),
-    (["recipe", "run", "{tmp}/missing.yaml", "--store", S], "manifest not found"),
-    (["recipe", "run", "{tmp}/manifest-dir", "--store", S], "is a directory"),
+    (["recipe", "run", "{tmp}/r.yaml", "--store", S], "has moved: run `realign-train recipe /"),
     # config values
     (["build", "--set", "generation.temperature=.inf", "--store", S], "generation.temperature"),
     (["build", "--set", "generation.temperature=nan", "--store", S], "generation.temperature"),
@@ -97,9 +96,10 @@ TRAIN_CASES = [
     (["policy", "-d", "demo@v1", "--store", S], "no output directory"),
     (["policy", "-d", "demo@v1", "-o", "{tmp}/a-file", "--store", S], "a-file: is a file"),
     (["policy", "--set", "beta=-1", "-d", "demo@v1", "-o", "{tmp}/out", "--store", S], "beta"),
-    (["policy", "--set", "learning_rate=.inf", "-d", "demo@v1", "-o", "{tmp}/out", "--store", S],
-     "learning_rate"),
+    (["policy", "--set", "learning_rate=.inf", "-d", "demo@v1", "-o", "{tmp}/out", "--store", S], "learning_rate"),
     (["reviser", "-m", "{tmp}/manifest-dir", "--store", S], "is a directory"),
+    (["recipe", "{tmp}/missing.yaml", "--store", S], "manifest not found"),
+    (["recipe", "{tmp}/manifest-dir", "--store", S], "is a directory"),
     (["policy", "--model", "{tmp}/no-model", "-d", "demo@v1", "-o", "{tmp}/out", "--store", S], "no-model"),
 ]
 

@@ -43,8 +43,11 @@ def test_tables_fit_80_columns(store, args):
     assert "…" not in result.stdout, "a header or value was cut off"
 
 
-@pytest.mark.parametrize("args", [a for a in COMMANDS if a[0] in {"list", "show", "diff", "query"}],
-                         ids=lambda a: a[0] + ("-" + a[1] if len(a) > 1 else ""))
+@pytest.mark.parametrize(
+    "args",
+    [a for a in COMMANDS if a[0] in {"list", "show", "diff", "query"}],
+    ids=lambda a: a[0] + ("-" + a[1] if len(a) > 1 else ""),
+)
 def test_json_and_csv_parse_cleanly(store, args):
     parsed = strict_json(run_cli(*args, "--store", str(store), "--format", "json", check=True).stdout)
     assert parsed
@@ -57,8 +60,17 @@ def test_json_and_csv_parse_cleanly(store, args):
 def test_values_survive_the_quoted_path_and_nan_is_null(store):
     shown = strict_json(run_cli("show", "demo@v2", "--store", str(store), "--format", "json", check=True).stdout)
     assert shown["num_rows"] == 20 and shown["ref"] == "demo@v2"
-    rows = strict_json(run_cli("query", "SELECT count(*) AS n, 'nan'::DOUBLE AS x, -'inf'::DOUBLE AS y FROM pairs "
-                               "WHERE version = 2", "--store", str(store), "--format", "json", check=True).stdout)
+    rows = strict_json(
+        run_cli(
+            "query",
+            "SELECT count(*) AS n, 'nan'::DOUBLE AS x, -'inf'::DOUBLE AS y FROM pairs WHERE version = 2",
+            "--store",
+            str(store),
+            "--format",
+            "json",
+            check=True,
+        ).stdout
+    )
     assert rows == [{"n": 20, "x": None, "y": None}]
     listed = strict_json(run_cli("list", "--store", str(store), "--format", "json", check=True).stdout)
     assert [row["version"] for row in listed] == ["demo@v1", "demo@v2"]

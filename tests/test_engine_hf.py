@@ -5,8 +5,13 @@ from realign_data.engines import GenerationRequest, SamplingParams
 from realign_data.engines.hf import HFEngine
 from realign_data.models import resolve_model
 
-QUESTIONS = ["Hi", "Tell me a long story about a dragon who learns to cook soup in a small village",
-             "What is 2+2?", "Name three rivers in Europe and say which is longest", "Why?"]
+QUESTIONS = [
+    "Hi",
+    "Tell me a long story about a dragon who learns to cook soup in a small village",
+    "What is 2+2?",
+    "Name three rivers in Europe and say which is longest",
+    "Why?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +29,9 @@ def run(engine, reqs):
 
 def test_chat_template_applied_once_without_double_bos(engine, tokenizer):
     ids = engine.encode([{"role": "user", "content": "Hi"}])
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids[:2] != [tokenizer.bos_token_id] * 2
 
@@ -65,11 +71,18 @@ def test_stop_strings_cut_the_text(engine):
     params = SamplingParams(n=1, temperature=1.0, max_new_tokens=30, seed=3)
     free = run(engine, requests(params))
     text = free["q1"].completions[0].text
-    stop = text[len(text) // 2:len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert len(stop.strip()) == 2, "need a visible two-character stop string from the middle of the text"
-    stopped = run(engine, [GenerationRequest("q1", requests(params)[1].messages,
-                                             SamplingParams(n=1, temperature=1.0, max_new_tokens=30, seed=3,
-                                                            stop=(stop,)))])["q1"].completions[0]
+    stopped = run(
+        engine,
+        [
+            GenerationRequest(
+                "q1",
+                requests(params)[1].messages,
+                SamplingParams(n=1, temperature=1.0, max_new_tokens=30, seed=3, stop=(stop,)),
+            )
+        ],
+    )["q1"].completions[0]
     assert stop not in stopped.text and text.startswith(stopped.text)
     assert stopped.finish_reason == "stop"
 
@@ -80,8 +93,9 @@ def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(engine, t
     messages = [{"role": "user", "content": QUESTIONS[1]}]
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=6, repetition_penalty=1.5, top_logprobs=3)
     completion = run(engine, [GenerationRequest("q", messages, params)])["q"].completions[0]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     expected, flipped = [], False
     for _ in range(completion.completion_tokens):
         with torch.no_grad():
@@ -93,8 +107,14 @@ def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(engine, t
         token = int(penalized.argmax())
         flipped |= token != int(logits.argmax())
         top = torch.topk(logprobs, 3)
-        expected.append((tokenizer.decode([token]), logprobs[token].item(),
-                         [tokenizer.decode([i]) for i in top.indices.tolist()], top.values.tolist()))
+        expected.append(
+            (
+                tokenizer.decode([token]),
+                logprobs[token].item(),
+                [tokenizer.decode([i]) for i in top.indices.tolist()],
+                top.values.tolist(),
+            )
+        )
         ids.append(token)
     assert flipped, "the penalty changed some choice, so raw and penalized logprobs are told apart"
     assert len(completion.logprobs) == completion.completion_tokens
@@ -108,13 +128,23 @@ def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(engine, t
 
 def test_requests_with_different_parameters_in_one_call_each_get_their_own(engine):
     """batch_size=3 would put all three in one batch; each must still be decoded with its own parameters."""
-    mixed = [GenerationRequest("greedy", [{"role": "user", "content": QUESTIONS[1]}],
-                               SamplingParams(n=1, temperature=0.0, max_new_tokens=4)),
-             GenerationRequest("hot", [{"role": "user", "content": QUESTIONS[1]}],
-                               SamplingParams(n=1, temperature=1.5, top_p=1.0, max_new_tokens=12, seed=2, stop=("e",))),
-             GenerationRequest("filtered", [{"role": "user", "content": QUESTIONS[1]}],
-                               SamplingParams(n=1, temperature=0.7, top_k=5, min_p=0.05, repetition_penalty=1.3,
-                                              max_new_tokens=8, seed=2))]
+    mixed = [
+        GenerationRequest(
+            "greedy",
+            [{"role": "user", "content": QUESTIONS[1]}],
+            SamplingParams(n=1, temperature=0.0, max_new_tokens=4),
+        ),
+        GenerationRequest(
+            "hot",
+            [{"role": "user", "content": QUESTIONS[1]}],
+            SamplingParams(n=1, temperature=1.5, top_p=1.0, max_new_tokens=12, seed=2, stop=("e",)),
+        ),
+        GenerationRequest(
+            "filtered",
+            [{"role": "user", "content": QUESTIONS[1]}],
+            SamplingParams(n=1, temperature=0.7, top_k=5, min_p=0.05, repetition_penalty=1.3, max_new_tokens=8, seed=2),
+        ),
+    ]
     together = run(engine, mixed)
     alone = {request.request_id: run(engine, [request])[request.request_id] for request in mixed}
     for request_id, result in alone.items():

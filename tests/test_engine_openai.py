@@ -34,8 +34,14 @@ def collect(eng, reqs):
 
 
 def test_every_kind_of_fault_is_retried_until_it_succeeds():
-    faults = [Reply(status=429, headers={"Retry-After": "0"}), Reply(status=500), Reply(status=503),
-              Reply(body=b"{this is not json"), Reply(body=b'{"id": "x", "choices": []}'), Reply(delay=3.0)]
+    faults = [
+        Reply(status=429, headers={"Retry-After": "0"}),
+        Reply(status=500),
+        Reply(status=503),
+        Reply(body=b"{this is not json"),
+        Reply(body=b'{"id": "x", "choices": []}'),
+        Reply(delay=3.0),
+    ]
 
     def script(request, seen):
         return faults[seen] if seen < len(faults) else Reply()
@@ -106,9 +112,12 @@ def transformers_serve(tiny_model_dir):
     cli = Path(sys.executable).parent / "transformers"
     pytest.importorskip("fastapi", reason="transformers serve needs the serve extra (pip install -e '.[serve]')")
     port = free_port()
-    process = subprocess.Popen([str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
-                                "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -134,12 +143,26 @@ def test_against_transformers_serve_matches_the_hf_engine(transformers_serve, ti
 
 
 def test_logprobs_are_asked_for_and_parsed_into_token_logprobs():
-    content = [{"token": "Hi", "logprob": -0.25, "bytes": None,
-                "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": None},
-                                 {"token": "Hello", "logprob": -1.5, "bytes": None}]},
-               {"token": "!", "logprob": -2.0, "bytes": None,
-                "top_logprobs": [{"token": ".", "logprob": -0.5, "bytes": None},
-                                 {"token": "!", "logprob": -2.0, "bytes": None}]}]
+    content = [
+        {
+            "token": "Hi",
+            "logprob": -0.25,
+            "bytes": None,
+            "top_logprobs": [
+                {"token": "Hi", "logprob": -0.25, "bytes": None},
+                {"token": "Hello", "logprob": -1.5, "bytes": None},
+            ],
+        },
+        {
+            "token": "!",
+            "logprob": -2.0,
+            "bytes": None,
+            "top_logprobs": [
+                {"token": ".", "logprob": -0.5, "bytes": None},
+                {"token": "!", "logprob": -2.0, "bytes": None},
+            ],
+        },
+    ]
     bodies = []
 
     def script(request, seen):
@@ -151,7 +174,8 @@ def test_logprobs_are_asked_for_and_parsed_into_token_logprobs():
     assert bodies[0]["logprobs"] is True and bodies[0]["top_logprobs"] == 2
     assert results["r0"].completions[0].logprobs == (
         TokenLogprob("Hi", -0.25, (("Hi", -0.25), ("Hello", -1.5))),
-        TokenLogprob("!", -2.0, ((".", -0.5), ("!", -2.0))))
+        TokenLogprob("!", -2.0, ((".", -0.5), ("!", -2.0))),
+    )
 
 
 def test_a_server_without_logprobs_leaves_them_none_and_unasked_ones_are_not_requested():

@@ -23,8 +23,13 @@ CLI = Path(sys.executable).parent / "realign-eval"
 
 
 def run_eval(*args, check=True, env=None):
-    result = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "COLUMNS": "200", **(env or {})})
+    result = subprocess.run(
+        [str(CLI), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -34,8 +39,15 @@ def run_eval(*args, check=True, env=None):
 @pytest.mark.parametrize("model", ["alpaca-7b", "gemma-2b-it"])
 def test_alpaca_metrics_equal_the_published_leaderboard(tmp_path, model):
     results = ALPACA / "results" / model
-    run_eval("alpaca", "--annotations", results / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json",
-             "--outputs", results / "model_outputs.json", "-o", tmp_path)
+    run_eval(
+        "alpaca",
+        "--annotations",
+        results / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json",
+        "--outputs",
+        results / "model_outputs.json",
+        "-o",
+        tmp_path,
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     published = pd.read_csv(ALPACA / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", index_col=0).loc[model]
     for key in ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate"):
@@ -64,8 +76,10 @@ def test_arena_scores_equal_the_official_method(tmp_path):
 
 def write_judgments(folder, verdicts):
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"question_id": f"q{i}", "model": "m", "games": [{"score": a}, {"score": b}]})
-             for i, (a, b) in enumerate(verdicts)]
+    lines = [
+        json.dumps({"question_id": f"q{i}", "model": "m", "games": [{"score": a}, {"score": b}]})
+        for i, (a, b) in enumerate(verdicts)
+    ]
     (folder / "m.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -87,22 +101,53 @@ def test_bad_judgment_files_name_the_line(tmp_path):
 
 def arena_inputs(tmp_path, count=6):
     questions = tmp_path / "question.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": f"q{i}", "turns": [{"content": f"Question {i}?"}]}) + "\n"
-                                 for i in range(count)))
+    questions.write_text(
+        "".join(
+            json.dumps({"question_id": f"q{i}", "turns": [{"content": f"Question {i}?"}]}) + "\n" for i in range(count)
+        )
+    )
     baseline = tmp_path / "baseline.jsonl"
-    baseline.write_text("".join(json.dumps({"question_id": f"q{i}", "model_id": "base", "choices": [
-        {"turns": [{"content": f"short {i}"}]}]}) + "\n" for i in range(count)))
+    baseline.write_text(
+        "".join(
+            json.dumps(
+                {"question_id": f"q{i}", "model_id": "base", "choices": [{"turns": [{"content": f"short {i}"}]}]}
+            )
+            + "\n"
+            for i in range(count)
+        )
+    )
     model = tmp_path / "model.jsonl"
-    model.write_text("".join(json.dumps({"question_id": f"q{i}", "model_id": "ours", "choices": [
-        {"turns": [{"content": f"a much longer and better answer {i}"}]}]}) + "\n" for i in range(count)))
+    model.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question_id": f"q{i}",
+                    "model_id": "ours",
+                    "choices": [{"turns": [{"content": f"a much longer and better answer {i}"}]}],
+                }
+            )
+            + "\n"
+            for i in range(count)
+        )
+    )
     (tmp_path / "gen_judgment.py").write_text(  # shaped like lm-sys gen_judgment.py's attempts loop
         "for _ in range(configs['number_of_judgment_attempts']):\n"
-        "    conv.append({'role': 'user', 'content': 'Please finish with a verdict label.'})\n")
+        "    conv.append({'role': 'user', 'content': 'Please finish with a verdict label.'})\n"
+    )
     config = tmp_path / "judge.yaml"
-    config.write_text(json.dumps({"judge_model": "judge", "baseline_model": "base", "number_of_judgment_attempts": 2,
-                                  "regex_pattern": r"\[\[([AB<>=]+)\]\]", "system_prompt": "Judge fairly.",
-                                  "prompt_template": ["Q: {question_1}\nA: {answer_1}\nB: {answer_2}"],
-                                  "max_tokens": 64}))
+    config.write_text(
+        json.dumps(
+            {
+                "judge_model": "judge",
+                "baseline_model": "base",
+                "number_of_judgment_attempts": 2,
+                "regex_pattern": r"\[\[([AB<>=]+)\]\]",
+                "system_prompt": "Judge fairly.",
+                "prompt_template": ["Q: {question_1}\nA: {answer_1}\nB: {answer_2}"],
+                "max_tokens": 64,
+            }
+        )
+    )
     return questions, baseline, model, config
 
 
@@ -127,10 +172,27 @@ def arena_script(request, seen):
 def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
     questions, baseline, model, config = arena_inputs(tmp_path)
     with ScriptedOpenAIServer(arena_script) as server:
-        args = ["arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
-                "--outputs", model, "--judge-code", tmp_path / "gen_judgment.py", "--judge-base-url", server.url,
-                "--judge-prices", "2.5,10", "-o",
-                tmp_path / "report", "--rounds", "20"]
+        args = [
+            "arena",
+            "--judge-config",
+            config,
+            "--questions",
+            questions,
+            "--baseline-answers",
+            baseline,
+            "--outputs",
+            model,
+            "--judge-code",
+            tmp_path / "gen_judgment.py",
+            "--judge-base-url",
+            server.url,
+            "--judge-prices",
+            "2.5,10",
+            "-o",
+            tmp_path / "report",
+            "--rounds",
+            "20",
+        ]
         run_eval(*args, env={"OPENAI_API_KEY": "test-key"})
         first_calls = server.calls
         report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -160,11 +222,18 @@ def test_arena_judging_cache_faults_and_report(tmp_path, realign_home):
 
 def test_alpaca_judging_maps_identifiers_back_through_the_random_order(tmp_path):
     eval_set = tmp_path / "eval.json"
-    eval_set.write_text(json.dumps([{"instruction": f"Task {i}", "output": f"ref {i}", "generator": "gpt4_ref"}
-                                    for i in range(10)]))
+    eval_set.write_text(
+        json.dumps([{"instruction": f"Task {i}", "output": f"ref {i}", "generator": "gpt4_ref"} for i in range(10)])
+    )
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps([{"instruction": f"Task {i}", "output": f"a detailed model answer {i}",
-                                    "generator": "ours"} for i in range(10)]))
+    outputs.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Task {i}", "output": f"a detailed model answer {i}", "generator": "ours"}
+                for i in range(10)
+            ]
+        )
+    )
 
     def script(request, seen):  # prefers the longer output, whichever identifier it has
         text = request["messages"][-1]["content"]
@@ -172,8 +241,19 @@ def test_alpaca_judging_maps_identifiers_back_through_the_random_order(tmp_path)
         return Reply(content="M" if first.startswith("ref") else "m")
 
     with ScriptedOpenAIServer(script) as server:
-        run_eval("alpaca", "--eval-set", eval_set, "--outputs", outputs, "--judge-base-url", server.url,
-                 "--judge-mode", "discrete", "-o", tmp_path / "report")
+        run_eval(
+            "alpaca",
+            "--eval-set",
+            eval_set,
+            "--outputs",
+            outputs,
+            "--judge-base-url",
+            server.url,
+            "--judge-mode",
+            "discrete",
+            "-o",
+            tmp_path / "report",
+        )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["metrics"]["win_rate"] == pytest.approx(100.0) and report["metrics"]["n_total"] == 10
     annotations = json.loads((tmp_path / "report" / "annotations.json").read_text())
@@ -183,8 +263,14 @@ def test_alpaca_judging_maps_identifiers_back_through_the_random_order(tmp_path)
 @needs_shared
 def test_compare_builds_a_leaderboard_with_published_rows(tmp_path):
     run_eval("arena", "--judgments", ARENA / "synthetic" / "seed0", "-o", tmp_path / "arena", "--rounds", "10")
-    result = run_eval("compare", tmp_path / "arena", "-o", tmp_path / "board", "--reference-leaderboard",
-                      ARENA / "arena_hard_leaderboard_20240731.csv")
+    result = run_eval(
+        "compare",
+        tmp_path / "arena",
+        "-o",
+        tmp_path / "board",
+        "--reference-leaderboard",
+        ARENA / "arena_hard_leaderboard_20240731.csv",
+    )
     board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
     assert {"model-4", "gpt-4-turbo-2024-04-09"} <= set(board["model"])
     assert list(board["score"]) == sorted(board["score"], reverse=True)
@@ -194,9 +280,23 @@ def test_compare_builds_a_leaderboard_with_published_rows(tmp_path):
 @pytest.mark.slow
 @needs_shared
 def test_offline_demo_with_smollm2_as_model_and_in_process_judge(tmp_path, smollm2):
-    run_eval("alpaca", "--eval-set", ALPACA / "reference_outputs_gpt4_1106_preview.json", "--limit", "4",
-             "--model", "smollm2-135m-instruct", "--max-new-tokens", "32", "--judge-engine", "hf",
-             "--judge-model", "smollm2-135m-instruct", "-o", tmp_path)
+    run_eval(
+        "alpaca",
+        "--eval-set",
+        ALPACA / "reference_outputs_gpt4_1106_preview.json",
+        "--limit",
+        "4",
+        "--model",
+        "smollm2-135m-instruct",
+        "--max-new-tokens",
+        "32",
+        "--judge-engine",
+        "hf",
+        "--judge-model",
+        "smollm2-135m-instruct",
+        "-o",
+        tmp_path,
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model"]["model_id"].startswith("smollm2-135m-instruct@sha256:")
     assert report["settings"]["eval_set"]["n"] == 4 and report["judge"]["engine"] == "hf"
@@ -204,9 +304,22 @@ def test_offline_demo_with_smollm2_as_model_and_in_process_judge(tmp_path, smoll
 
 
 def v2_answers(path, model, qids, text):
-    path.write_text("".join(json.dumps({"uid": q, "model": model, "messages": [
-        {"role": "user", "content": "..."}, {"role": "assistant", "content": {"answer": text(q)}}]}) + "\n"
-        for q in qids))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "uid": q,
+                    "model": model,
+                    "messages": [
+                        {"role": "user", "content": "..."},
+                        {"role": "assistant", "content": {"answer": text(q)}},
+                    ],
+                }
+            )
+            + "\n"
+            for q in qids
+        )
+    )
     return path
 
 
@@ -214,8 +327,9 @@ def v2_answers(path, model, qids, text):
 def test_arena_v2_uses_per_category_baselines_and_system_prompts(tmp_path):
     config_dir = ARENA / "config"
     records = read_records(ARENA / "arena-hard-v2.0" / "question.jsonl")
-    picked = [r for r in records if r["category"] == "hard_prompt"][:3] + \
-        [r for r in records if r["category"] == "creative_writing"][:3]
+    picked = [r for r in records if r["category"] == "hard_prompt"][:3] + [
+        r for r in records if r["category"] == "creative_writing"
+    ][:3]
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in picked))
     qids = [r["uid"] for r in picked]
@@ -233,16 +347,45 @@ def test_arena_v2_uses_per_category_baselines_and_system_prompts(tmp_path):
         return Reply(content=f"[[{'A>B' if ours_first == ours_wins else 'B>A'}]]")
 
     with ScriptedOpenAIServer(script) as server:
-        run_eval("arena", "--judge-config", config_dir / "arena-hard-v2.0.yaml", "--judge-settings",
-                 config_dir / "judge_settings_v2.0.yaml", "--questions", questions, "--baseline-answers", hard,
-                 "--baseline-answers", creative, "--outputs", ours, "--judge-base-url", server.url,
-                 "--rounds", "10", "-o", tmp_path / "report")
-    board = {(r["category"], r["model"]): r["score"]
-             for r in json.loads((tmp_path / "report" / "report.json").read_text())["leaderboard"]}
+        run_eval(
+            "arena",
+            "--judge-config",
+            config_dir / "arena-hard-v2.0.yaml",
+            "--judge-settings",
+            config_dir / "judge_settings_v2.0.yaml",
+            "--questions",
+            questions,
+            "--baseline-answers",
+            hard,
+            "--baseline-answers",
+            creative,
+            "--outputs",
+            ours,
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "10",
+            "-o",
+            tmp_path / "report",
+        )
+    board = {
+        (r["category"], r["model"]): r["score"]
+        for r in json.loads((tmp_path / "report" / "report.json").read_text())["leaderboard"]
+    }
     assert board[("hard_prompt", "o3-mini-2025-01-31")] == 50.0 and board[("hard_prompt", "ours")] > 50
     assert board[("creative_writing", "gemini-2.0-flash-001")] == 50.0 and board[("creative_writing", "ours")] < 50
-    missing = run_eval("arena", "--judge-config", config_dir / "arena-hard-v2.0.yaml", "--questions", questions,
-                       "--outputs", ours, "-o", tmp_path / "x", check=False)
+    missing = run_eval(
+        "arena",
+        "--judge-config",
+        config_dir / "arena-hard-v2.0.yaml",
+        "--questions",
+        questions,
+        "--outputs",
+        ours,
+        "-o",
+        tmp_path / "x",
+        check=False,
+    )
     assert missing.returncode == 2 and "--judge-settings" in missing.stderr
 
 
@@ -258,10 +401,22 @@ def test_style_control_discounts_wins_explained_by_length(tmp_path):
     judgments.mkdir()
 
     def answer(qid, model, tokens):
-        return json.dumps({"question_id": qid, "model_id": model, "choices": [{"turns": [{"content": "..."}]}],
-                           "conv_metadata": {"token_len": tokens, "header_count": {"h1": int(rng.randint(0, 3))},
-                                             "list_count": {"ordered": int(rng.randint(0, 6))},
-                                             "bold_count": {"**": int(rng.randint(0, 4))}}}) + "\n"
+        return (
+            json.dumps(
+                {
+                    "question_id": qid,
+                    "model_id": model,
+                    "choices": [{"turns": [{"content": "..."}]}],
+                    "conv_metadata": {
+                        "token_len": tokens,
+                        "header_count": {"h1": int(rng.randint(0, 3))},
+                        "list_count": {"ordered": int(rng.randint(0, 6))},
+                        "bold_count": {"**": int(rng.randint(0, 4))},
+                    },
+                }
+            )
+            + "\n"
+        )
 
     base = {f"q{i}": int(rng.randint(200, 600)) for i in range(120)}
     (answers / "gpt-4-0314.jsonl").write_text("".join(answer(q, "gpt-4-0314", n) for q, n in base.items()))
@@ -271,12 +426,32 @@ def test_style_control_discounts_wins_explained_by_length(tmp_path):
         records = []
         for qid, n in lengths.items():
             p = 1 / (1 + np.exp(-3 * (n - base[qid]) / (n + base[qid])))
-            records.append(json.dumps({"question_id": qid, "model": model, "games": [
-                {"score": "B>A" if rng.rand() < p else "A>B"}, {"score": "A>B" if rng.rand() < p else "B>A"}]}))
+            records.append(
+                json.dumps(
+                    {
+                        "question_id": qid,
+                        "model": model,
+                        "games": [
+                            {"score": "B>A" if rng.rand() < p else "A>B"},
+                            {"score": "A>B" if rng.rand() < p else "B>A"},
+                        ],
+                    }
+                )
+            )
         (judgments / f"{model}.jsonl").write_text("\n".join(records) + "\n")
     run_eval("arena", "--judgments", judgments, "--rounds", "10", "-o", tmp_path / "plain")
-    run_eval("arena", "--judgments", judgments, "--answers-dir", answers, "--style-control", "--rounds", "10",
-             "-o", tmp_path / "styled")
+    run_eval(
+        "arena",
+        "--judgments",
+        judgments,
+        "--answers-dir",
+        answers,
+        "--style-control",
+        "--rounds",
+        "10",
+        "-o",
+        tmp_path / "styled",
+    )
 
     def spread(folder):
         board = json.loads((tmp_path / folder / "report.json").read_text())["leaderboard"]
@@ -289,13 +464,16 @@ def test_style_control_discounts_wins_explained_by_length(tmp_path):
     assert report["settings"]["style_control"] is True and report["deviations"] == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"instruction": "a"}\n{"instruction": \n', "f.jsonl:2: invalid JSON"),
-    ('{"instruction": "a"}\n\n{"other": 1}\n', "f.jsonl:3: missing field 'instruction'"),
-    ('[{"instruction": "a"}, {"other": 1}]', "f.jsonl: row 1: missing field 'instruction'"),
-    ('{"instruction": "a"}\n[1]\n', "f.jsonl:2: expected a JSON object"),
-    ("\n", "f.jsonl: no records"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"instruction": "a"}\n{"instruction": \n', "f.jsonl:2: invalid JSON"),
+        ('{"instruction": "a"}\n\n{"other": 1}\n', "f.jsonl:3: missing field 'instruction'"),
+        ('[{"instruction": "a"}, {"other": 1}]', "f.jsonl: row 1: missing field 'instruction'"),
+        ('{"instruction": "a"}\n[1]\n', "f.jsonl:2: expected a JSON object"),
+        ("\n", "f.jsonl: no records"),
+    ],
+)
 def test_record_files_name_the_line_row_and_field(tmp_path, text, message):
     (tmp_path / "f.jsonl").write_text(text)
     with pytest.raises(InputError) as error:
@@ -306,9 +484,23 @@ def test_record_files_name_the_line_row_and_field(tmp_path, text, message):
 def test_a_bad_answer_file_stops_arena_with_one_line(tmp_path):
     questions, baseline, model, config = arena_inputs(tmp_path, count=2)
     model.write_text(model.read_text() + "{not json\n")
-    result = run_eval("arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
-                      "--outputs", model, "--judge-base-url", "http://127.0.0.1:9/v1", "-o", tmp_path / "r",
-                      check=False)
+    result = run_eval(
+        "arena",
+        "--judge-config",
+        config,
+        "--questions",
+        questions,
+        "--baseline-answers",
+        baseline,
+        "--outputs",
+        model,
+        "--judge-base-url",
+        "http://127.0.0.1:9/v1",
+        "-o",
+        tmp_path / "r",
+        check=False,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {model}:3: invalid JSON (Expecting property name "
-                                                  "enclosed in double quotes)"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {model}:3: invalid JSON (Expecting property name enclosed in double quotes at column 2)"
+    ]

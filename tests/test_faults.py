@@ -96,8 +96,9 @@ def test_full_disk_during_a_catalog_rebuild_keeps_the_old_catalog(small_disk):
     catalog = store.catalog_path.read_bytes()
     fill(small_disk)
     result = run_cli("catalog", "rebuild", "--store", str(store.root))
-    assert_one_line_error(result, 1, "the catalog could not be rebuilt", "No space left on device",
-                          "the previous catalog is kept")
+    assert_one_line_error(
+        result, 1, "the catalog could not be rebuilt", "No space left on device", "the previous catalog is kept"
+    )
     assert store.catalog_path.read_bytes() == catalog
     assert list((store.root / "tmp").iterdir()) == []  # no half-written catalog, no .wal left
     assert store.catalog_state(store.versions()) == "current"
@@ -129,8 +130,19 @@ def test_full_disk_export_and_build_exit_1_and_leave_nothing(small_disk, tmp_pat
     assert_one_line_error(result, 1, "no space left on device")
     assert list(out.iterdir()) == []
     with ScriptedOpenAIServer(lambda request, seen: Reply(content="Rating: 5")) as server:
-        built = run_cli("build", "--store", str(small_disk / "store"), "--engine", "openai", "--policy", "m",
-                        "--set", f"engine.base_urls=[{server.url}]", "--limit", "4")
+        built = run_cli(
+            "build",
+            "--store",
+            str(small_disk / "store"),
+            "--engine",
+            "openai",
+            "--policy",
+            "m",
+            "--set",
+            f"engine.base_urls=[{server.url}]",
+            "--limit",
+            "4",
+        )
     assert_one_line_error(built, 1, "no space left on device")
 
 
@@ -153,8 +165,18 @@ def test_read_only_store_reads_work_and_writes_fail_with_the_reason(tmp_path, re
     rebuilt = run_cli("catalog", "rebuild", *args)
     assert_one_line_error(rebuilt, 1, "read-only file system")
     with ScriptedOpenAIServer(lambda request, seen: Reply(content="Rating: 5")) as server:
-        built = run_cli("build", *args, "--engine", "openai", "--policy", "m",
-                        "--set", f"engine.base_urls=[{server.url}]", "--limit", "4")
+        built = run_cli(
+            "build",
+            *args,
+            "--engine",
+            "openai",
+            "--policy",
+            "m",
+            "--set",
+            f"engine.base_urls=[{server.url}]",
+            "--limit",
+            "4",
+        )
     assert_one_line_error(built, 1, "read-only file system")
     assert tree_digest(source.root) == before
 
@@ -195,15 +217,15 @@ def test_broken_version_folders_are_reported_and_skipped(tmp_path):
     store = Store(tmp_path)
     write(store)
     datasets = tmp_path / "datasets" / "demo"
-    (datasets / "v2").mkdir()  # a crash outside the store's control: no manifest
+    (datasets / "v2").mkdir()  # a crash outside the store's control: no version record
     (datasets / "v3").mkdir()
-    (datasets / "v3" / "manifest.json").write_text("{not json")
+    (datasets / "v3" / "version.json").write_text("{not json")
     (datasets / "notes.txt").write_text("a user's file")
     listed = run_cli("list", "--store", str(tmp_path), "--format", "json")
     assert listed.returncode == 0 and [v["version"] for v in json.loads(listed.stdout)] == ["demo@v1"]
     warnings = listed.stderr.splitlines()
     assert len(warnings) == 3 and all(line.startswith("warning: skipped ") for line in warnings)
-    assert "v2: no manifest.json" in listed.stderr and "v3: manifest.json unreadable" in listed.stderr
+    assert "v2: no version.json" in listed.stderr and "v3: version.json unreadable" in listed.stderr
     assert write(Store(tmp_path), 10).ref == "demo@v4"  # never reuses a broken folder's number
     assert Store(tmp_path).query("SELECT count(*) FROM pairs")[1] == [(20,)]
 
@@ -221,8 +243,12 @@ def test_a_damaged_shard_is_named_on_read(tmp_path, damage):
     else:  # same size, broken footer: only reading can tell
         shard.write_bytes(data[:-4] + b"XXXX")
     args = ["--store", str(store.root)]
-    for command in (["show", "demo@v1"], ["export", "demo@v1", "--out", str(tmp_path / "out")],
-                    ["diff", "demo@v1", "demo@v2"], ["query", "SELECT count(*) FROM pairs"]):
+    for command in (
+        ["show", "demo@v1"],
+        ["export", "demo@v1", "--out", str(tmp_path / "out")],
+        ["diff", "demo@v1", "demo@v2"],
+        ["query", "SELECT count(*) FROM pairs"],
+    ):
         result = run_cli(*command, *args)
         assert_one_line_error(result, 1, "verify")
         assert str(shard) in result.stderr or (damage == "footer" and "demo@v1" in result.stderr), result.stderr
@@ -230,7 +256,7 @@ def test_a_damaged_shard_is_named_on_read(tmp_path, damage):
     assert run_cli("show", "demo@v2", *args).returncode == 0  # other versions stay readable
 
 
-def test_a_damaged_catalog_is_rebuilt_from_the_manifests_in_seconds(tmp_path):
+def test_a_damaged_catalog_is_rebuilt_from_the_version_records_in_seconds(tmp_path):
     store = Store(tmp_path)
     for k in range(3):
         write(store, 10 * k)
@@ -239,8 +265,7 @@ def test_a_damaged_catalog_is_rebuilt_from_the_manifests_in_seconds(tmp_path):
     result = run_cli("verify", "demo@v2", "--store", str(tmp_path))
     assert time.monotonic() - started < 15
     assert result.returncode == 0 and "OK" in result.stdout
-    assert result.stderr.startswith("note: catalog.duckdb was damaged") and "rebuilt from the manifests" in \
-        result.stderr
+    assert result.stderr.startswith("note: catalog.duckdb was damaged") and "rebuilt from the records" in result.stderr
     assert Store(tmp_path).catalog_state(store.versions()) == "current"
     assert Store(tmp_path).query("SELECT count(*) FROM versions")[1] == [(3,)]
     store.catalog_path.unlink()
@@ -251,7 +276,7 @@ def test_a_damaged_catalog_is_rebuilt_from_the_manifests_in_seconds(tmp_path):
 def test_leftovers_of_dead_writers_are_removed_but_other_hosts_are_left_alone(tmp_path):
     store = Store(tmp_path)
     write(store)
-    dead = 2 ** 22 + 12345  # above pid_max on typical systems: no such process
+    dead = 2**22 + 12345  # above pid_max on typical systems: no such process
     tmp = tmp_path / "tmp"
     own = [tmp / f"catalog~{HOST}~{dead}~aaaa.duckdb", tmp / f"catalog~{HOST}~{dead}~aaaa.duckdb.wal"]
     for path in own:
@@ -264,9 +289,16 @@ def test_leftovers_of_dead_writers_are_removed_but_other_hosts_are_left_alone(tm
 
 
 # ---- broken servers, then a healthy one -----------------------------------------------------------------------
-PROMPTS = ["Write a haiku about frost.", "Draft an email to a landlord.", "Describe a lighthouse in a storm.",
-           "Make this sentence formal: gotta go.", "Give a wedding toast.", "Explain photosynthesis simply.",
-           "List three uses of a paperclip.", "Summarize the water cycle."]
+PROMPTS = [
+    "Write a haiku about frost.",
+    "Draft an email to a landlord.",
+    "Describe a lighthouse in a storm.",
+    "Make this sentence formal: gotta go.",
+    "Give a wedding toast.",
+    "Explain photosynthesis simply.",
+    "List three uses of a paperclip.",
+    "Summarize the water cycle.",
+]
 
 
 class FlakyServer(ScriptedOpenAIServer):
@@ -296,10 +328,21 @@ class FlakyServer(ScriptedOpenAIServer):
 
 
 def flaky_config(server: ScriptedOpenAIServer, prompts: Path) -> BuildConfig:
-    return load_config(BuildConfig, None, [
-        "engine.kind=openai", f"engine.base_urls=[{server.url}]", "engine.max_retries=1",
-        "engine.retry_backoff_s=0.01", "engine.timeout_s=0.5", "policy.spec=served", f"prompts.source={prompts}",
-        "generation.num_samples=2", "scoring.max_attempts=2"])
+    return load_config(
+        BuildConfig,
+        None,
+        [
+            "engine.kind=openai",
+            f"engine.base_urls=[{server.url}]",
+            "engine.max_retries=1",
+            "engine.retry_backoff_s=0.01",
+            "engine.timeout_s=0.5",
+            "policy.spec=served",
+            f"prompts.source={prompts}",
+            "generation.num_samples=2",
+            "scoring.max_attempts=2",
+        ],
+    )
 
 
 def test_failed_items_are_counted_never_cached_and_exactly_they_are_retried(tmp_path):
@@ -326,13 +369,15 @@ def test_failed_items_are_counted_never_cached_and_exactly_they_are_retried(tmp_
         resumed = second.commit(second.run())
         asked_again = dict(server.seen)
     assert second.failures == {}
-    generation_asked = {json.loads(k)[-1]["content"] for k in asked_again
-                        if "Rate the response" not in k and "Draft response" not in k}
+    generation_asked = {
+        json.loads(k)[-1]["content"] for k in asked_again if "Rate the response" not in k and "Draft response" not in k
+    }
     # exactly the failed ones; the commit's /tokenize probe of one prompt reaches the same stand-in server
-    probe = resumed.manifest["models"]["policy"]["prompt_rendering"]["probe"]["messages"][-1]["content"]
+    probe = resumed.record["models"]["policy"]["prompt_rendering"]["probe"]["messages"][-1]["content"]
     assert generation_asked - {probe} == {PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[3]} - {probe}
-    assert not any(k in calls_when_broken and "toast" not in k and "Rate the response" in k
-                   for k in asked_again)  # judged items were not judged again, except the one that failed
+    assert not any(
+        k in calls_when_broken and "toast" not in k and "Rate the response" in k for k in asked_again
+    )  # judged items were not judged again, except the one that failed
     with FlakyServer(broken=False) as server:
         clean = Build(flaky_config(server, prompts), Store(tmp_path / "clean"))
         reference = clean.commit(clean.run())
@@ -342,8 +387,11 @@ def test_failed_items_are_counted_never_cached_and_exactly_they_are_retried(tmp_
 def first_cache_rows(tmp_path: Path, stage: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return [row for part in sorted((tmp_path / "store" / "runs" / "smoke" / stage).glob("part-*.parquet"))
-            for row in pq.read_table(part).to_pylist()]
+    return [
+        row
+        for part in sorted((tmp_path / "store" / "runs" / "smoke" / stage).glob("part-*.parquet"))
+        for row in pq.read_table(part).to_pylist()
+    ]
 
 
 def pair_rows(version) -> list[dict]:
@@ -357,25 +405,56 @@ def test_a_stage_where_every_request_fails_stops_and_names_them(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:3]))
     with ScriptedOpenAIServer(lambda request, seen: Reply(status=503)) as server:
         config = flaky_config(server, prompts)
-        with pytest.raises(RealignError, match=r"generate: every request failed \(3 failure\(s\): "
-                                                r"InternalServerError=3\)"):
+        with pytest.raises(
+            RealignError,
+            match=r"generate: every request failed \(3 failure\(s\): "
+            r"InternalServerError=3\)",
+        ):
             Build(config, Store(tmp_path / "store")).run()
-        result = run_cli("build", "--store", str(tmp_path / "store"), "--engine", "openai", "--policy", "served",
-                         "--prompts", str(prompts), "--set", f"engine.base_urls=[{server.url}]",
-                         "--set", "engine.max_retries=0")
+        result = run_cli(
+            "build",
+            "--store",
+            str(tmp_path / "store"),
+            "--engine",
+            "openai",
+            "--policy",
+            "served",
+            "--prompts",
+            str(prompts),
+            "--set",
+            f"engine.base_urls=[{server.url}]",
+            "--set",
+            "engine.max_retries=0",
+        )
     assert_one_line_error(result, 1, "generate: every request failed (3 failure(s): InternalServerError=3)")
 
 
 def test_a_second_build_on_a_running_run_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    with FlakyServer(broken=False) as fast, \
-            ScriptedOpenAIServer(lambda request, seen: Reply(content="slow", delay=1.0)) as slow:
-        args = ["generate", "--store", str(tmp_path / "store"), "--engine", "openai", "--policy", "served",
-                "--prompts", str(prompts), "--set", "engine.concurrency=1"]
-        first = subprocess.Popen([str(Path(sys.executable).parent / "realign-data"), *args,
-                                  "--set", f"engine.base_urls=[{slow.url}]"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with (
+        FlakyServer(broken=False) as fast,
+        ScriptedOpenAIServer(lambda request, seen: Reply(content="slow", delay=1.0)) as slow,
+    ):
+        args = [
+            "generate",
+            "--store",
+            str(tmp_path / "store"),
+            "--engine",
+            "openai",
+            "--policy",
+            "served",
+            "--prompts",
+            str(prompts),
+            "--set",
+            "engine.concurrency=1",
+        ]
+        first = subprocess.Popen(
+            [str(Path(sys.executable).parent / "realign-data"), *args, "--set", f"engine.base_urls=[{slow.url}]"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         owner = tmp_path / "store" / "runs" / "smoke.owner.json"
         deadline = time.monotonic() + 60
         while not (owner.exists() and slow.calls):
@@ -398,16 +477,40 @@ def test_no_secret_reaches_the_manifest_the_catalog_or_the_hub_folder(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     with FlakyServer(broken=False) as server:
         url = server.url.replace("http://", f"http://admin:{key}@")
-        built = run_cli("build", "--store", str(tmp_path / "store"), "--engine", "openai", "--policy", "served",
-                        "--prompts", str(prompts), "--set", f"engine.base_urls=[{url}]",
-                        env={"OPENAI_API_KEY": key})
+        built = run_cli(
+            "build",
+            "--store",
+            str(tmp_path / "store"),
+            "--engine",
+            "openai",
+            "--policy",
+            "served",
+            "--prompts",
+            str(prompts),
+            "--set",
+            f"engine.base_urls=[{url}]",
+            env={"OPENAI_API_KEY": key},
+        )
     assert built.returncode == 0, built.stderr
-    run_cli("publish", "smoke@v1", "--repo-id", "me/smoke", "--dry-run", str(tmp_path / "hub"),
-            "--store", str(tmp_path / "store"), check=True)
-    leaked = [str(p) for folder in ("store", "hub") for p in (tmp_path / folder).rglob("*")
-              if p.is_file() and (key.encode() in p.read_bytes() or b"admin:" in p.read_bytes())]
+    run_cli(
+        "publish",
+        "smoke@v1",
+        "--repo-id",
+        "me/smoke",
+        "--dry-run",
+        str(tmp_path / "hub"),
+        "--store",
+        str(tmp_path / "store"),
+        check=True,
+    )
+    leaked = [
+        str(p)
+        for folder in ("store", "hub")
+        for p in (tmp_path / folder).rglob("*")
+        if p.is_file() and (key.encode() in p.read_bytes() or b"admin:" in p.read_bytes())
+    ]
     assert leaked == []
-    manifest = Store(tmp_path / "store").resolve("smoke@v1").manifest
+    manifest = Store(tmp_path / "store").resolve("smoke@v1").record
     assert manifest["config"]["engine"]["base_urls"] == [server.url]
     refused = run_cli("build", "--store", str(tmp_path / "store"), "--set", f"engine.api_key_env={key}")
     assert_one_line_error(refused, 2, "engine.api_key_env: the value looks like an API key")

@@ -34,18 +34,40 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def inputs(tmp_path: Path, count: int = COUNT) -> tuple[Path, Path]:
     eval_set = tmp_path / "eval.json"
-    eval_set.write_text(json.dumps([{"instruction": f"Task {i}", "output": f"reference {i}", "generator": "gpt4_ref",
-                                     "dataset": "test"} for i in range(count)]))
+    eval_set.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Task {i}", "output": f"reference {i}", "generator": "gpt4_ref", "dataset": "test"}
+                for i in range(count)
+            ]
+        )
+    )
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps([{"instruction": f"Task {i}", "output": f"model answer {i}", "generator": "ours"}
-                                   for i in range(count)]))
+    outputs.write_text(
+        json.dumps(
+            [{"instruction": f"Task {i}", "output": f"model answer {i}", "generator": "ours"} for i in range(count)]
+        )
+    )
     return eval_set, outputs
 
 
 def alpaca(tmp_path: Path, server_url: str, folder: str, *extra: str):
     eval_set, outputs = inputs(tmp_path)
-    return run_cli("alpaca", "--eval-set", str(eval_set), "--outputs", str(outputs), "--judge-base-url", server_url,
-                   "-o", str(tmp_path / folder), *extra, prog="realign-eval", env=env(tmp_path), timeout=300)
+    return run_cli(
+        "alpaca",
+        "--eval-set",
+        str(eval_set),
+        "--outputs",
+        str(outputs),
+        "--judge-base-url",
+        server_url,
+        "-o",
+        str(tmp_path / folder),
+        *extra,
+        prog="realign-eval",
+        env=env(tmp_path),
+        timeout=300,
+    )
 
 
 def ok(result) -> None:
@@ -55,8 +77,7 @@ def ok(result) -> None:
 def switched(instruction: str) -> bool:
     """alpaca_eval's order for an instruction: RandomSwitchTwoColumnsProcessor's seeded choice (seed string: the
     switch column, the instruction, the annotator's seed 0)."""
-    return alpaca_eval.utils.random_seeded_choice(seed="is_switched_outputs" + instruction + "0",
-                                                  choices=[False, True])
+    return alpaca_eval.utils.random_seeded_choice(seed="is_switched_outputs" + instruction + "0", choices=[False, True])
 
 
 def shown(prompt: str, first_id: str, second_id: str, key: str) -> tuple[str, str]:
@@ -76,8 +97,9 @@ def top_logprobs(index: int) -> list[dict]:
         values = {"The": -0.2, "Based": -1.9}
     else:
         values = {"m": -0.15 * (index + 1), "M": -0.3 * (COUNT - index), "The": -6.0}
-    return [{"token": t, "bytes": list(t.encode()), "logprob": v}
-            for t, v in sorted(values.items(), key=lambda kv: -kv[1])]
+    return [
+        {"token": t, "bytes": list(t.encode()), "logprob": v} for t, v in sorted(values.items(), key=lambda kv: -kv[1])
+    ]
 
 
 def annotations(tmp_path: Path, folder: str) -> dict[str, dict]:
@@ -105,9 +127,19 @@ def test_weighted_annotator_equals_alpaca_evals_parser_and_order(tmp_path):
     # the request is the config's completions_kwargs, the judge model its model_name
     kwargs = config["completions_kwargs"]
     for request in requests:
-        assert (request["model"], request["max_tokens"], request["temperature"], request["logprobs"],
-                request["top_logprobs"]) == (kwargs["model_name"], kwargs["max_tokens"], kwargs["temperature"],
-                                             kwargs["logprobs"], kwargs["top_logprobs"])
+        assert (
+            request["model"],
+            request["max_tokens"],
+            request["temperature"],
+            request["logprobs"],
+            request["top_logprobs"],
+        ) == (
+            kwargs["model_name"],
+            kwargs["max_tokens"],
+            kwargs["temperature"],
+            kwargs["logprobs"],
+            kwargs["top_logprobs"],
+        )
     assert first_calls == COUNT
     ours = annotations(tmp_path, "r")
     parser = alpaca_eval.completion_parsers.logprob_parser
@@ -120,8 +152,9 @@ def test_weighted_annotator_equals_alpaca_evals_parser_and_order(tmp_path):
         assert shown(prompts[index], "m", "M", "model_identifier") == (pair[::-1] if flip else pair)
         top = top_logprobs(index)
         # alpaca_eval's parser on the completion as its openai decoder passes it, mapped back as it maps a switch
-        parsed = parser({"logprobs": {"content": [{**top[0], "top_logprobs": top}]}},
-                        **config["completion_parser_kwargs"])[0]
+        parsed = parser(
+            {"logprobs": {"content": [{**top[0], "top_logprobs": top}]}}, **config["completion_parser_kwargs"]
+        )[0]
         expected = 3 - parsed if flip else parsed
         annotation = ours[instruction]
         assert annotation["is_switched_outputs"] is flip
@@ -136,8 +169,9 @@ def test_weighted_annotator_equals_alpaca_evals_parser_and_order(tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["judge"]["mode"] == "logprobs" and report["judge_label"] == "weighted_alpaca_eval_gpt4_turbo"
     template = CONFIGS / config["prompt_template"]
-    digest = hashlib.sha256((CONFIGS / "weighted_alpaca_eval_gpt4_turbo" / "configs.yaml").read_bytes()
-                            + template.read_bytes()).hexdigest()
+    digest = hashlib.sha256(
+        (CONFIGS / "weighted_alpaca_eval_gpt4_turbo" / "configs.yaml").read_bytes() + template.read_bytes()
+    ).hexdigest()
     assert report["judge"]["annotator"]["name"] == "weighted_alpaca_eval_gpt4_turbo"
     assert report["judge"]["annotator"]["config_sha256"] == digest
     assert report["failures"] == 1 and report["judge_usage"]["unparseable"] == 1
@@ -181,16 +215,18 @@ def test_a_text_annotator_runs_its_own_parser_and_settings(tmp_path):
             return Reply(content="I cannot rank these.")
         first, _ = shown(prompt, "model_1", "model_2", "model")
         ranks = (1, 2) if first.startswith("model answer") else (2, 1)
-        return Reply(content=f"[{{'model': 'model_1', 'rank': {ranks[0]}}}, "
-                             f"{{'model': 'model_2', 'rank': {ranks[1]}}}]")
+        return Reply(
+            content=f"[{{'model': 'model_1', 'rank': {ranks[0]}}}, {{'model': 'model_2', 'rank': {ranks[1]}}}]"
+        )
 
     with ScriptedOpenAIServer(script) as server:
         ok(alpaca(tmp_path, server.url, "r", "--annotator", "alpaca_eval_gpt4"))
         ok(alpaca(tmp_path, server.url, "again", "--annotator", "alpaca_eval_gpt4"))
         assert server.calls == COUNT + 1  # the garbage answer is judged anew on the rerun, nothing else
     kwargs = config["completions_kwargs"]
-    assert {(r["model"], r["max_tokens"], r["temperature"]) for r in requests} == \
-        {(kwargs["model_name"], kwargs["max_tokens"], float(kwargs["temperature"]))}
+    assert {(r["model"], r["max_tokens"], r["temperature"]) for r in requests} == {
+        (kwargs["model_name"], kwargs["max_tokens"], float(kwargs["temperature"]))
+    }
     assert all("logprobs" not in r for r in requests)
     first = annotations(tmp_path, "r")
     assert first["Task 3"]["preference"] is None
@@ -201,9 +237,14 @@ def test_a_text_annotator_runs_its_own_parser_and_settings(tmp_path):
     assert report["metrics"]["win_rate"] == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("annotator, needle", [
-    ("claude", "anthropic_completions"), ("alpaca_eval_gpt4_fn", "tool_choice"),
-    ("text_davinci_003", "plain-text completion prompt")])
+@pytest.mark.parametrize(
+    "annotator, needle",
+    [
+        ("claude", "anthropic_completions"),
+        ("alpaca_eval_gpt4_fn", "tool_choice"),
+        ("text_davinci_003", "plain-text completion prompt"),
+    ],
+)
 def test_annotators_realign_cannot_run_are_refused_with_one_line(tmp_path, annotator, needle):
     result = alpaca(tmp_path, "http://127.0.0.1:9/v1", "r", "--annotator", annotator)
     assert_one_line_error(result, 2, annotator, needle)
@@ -211,8 +252,9 @@ def test_annotators_realign_cannot_run_are_refused_with_one_line(tmp_path, annot
 
 
 def test_judge_mode_that_does_not_fit_the_annotator_is_refused(tmp_path):
-    result = alpaca(tmp_path, "http://127.0.0.1:9/v1", "r", "--annotator", "alpaca_eval_gpt4", "--judge-mode",
-                    "discrete")
+    result = alpaca(
+        tmp_path, "http://127.0.0.1:9/v1", "r", "--annotator", "alpaca_eval_gpt4", "--judge-mode", "discrete"
+    )
     assert_one_line_error(result, 2, "--judge-mode", "alpaca_eval_gpt4")
 
 
@@ -225,9 +267,22 @@ def test_the_hf_judge_gives_the_m_and_M_probabilities_of_its_logits(tmp_path, sm
 
     count = 4
     eval_set, outputs = inputs(tmp_path, count)
-    result = run_cli("alpaca", "--eval-set", str(eval_set), "--outputs", str(outputs), "--judge-engine", "hf",
-                     "--judge-model", "smollm2-135m-instruct", "-o", str(tmp_path / "r"), prog="realign-eval",
-                     env={"HF_HUB_OFFLINE": "1"}, timeout=900)
+    result = run_cli(
+        "alpaca",
+        "--eval-set",
+        str(eval_set),
+        "--outputs",
+        str(outputs),
+        "--judge-engine",
+        "hf",
+        "--judge-model",
+        "smollm2-135m-instruct",
+        "-o",
+        str(tmp_path / "r"),
+        prog="realign-eval",
+        env={"HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
     ok(result)
     config = config_of("weighted_alpaca_eval_gpt4_turbo")
     template = (CONFIGS / config["prompt_template"]).read_text()
@@ -239,18 +294,25 @@ def test_the_hf_judge_gives_the_m_and_M_probabilities_of_its_logits(tmp_path, sm
         instruction = f"Task {index}"
         pair = (f"reference {index}", f"model answer {index}")
         first, second = pair[::-1] if switched(instruction) else pair
-        prompt = template.replace("{instruction}", instruction, 1).replace("{output_1}", first, 1) \
+        prompt = (
+            template.replace("{instruction}", instruction, 1)
+            .replace("{output_1}", first, 1)
             .replace("{output_2}", second, 1)
+        )
         messages = alpaca_eval.utils.prompt_to_chatml(prompt.strip())
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                            return_tensors="pt")["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )["input_ids"]
         with torch.inference_mode():
             logprobs = torch.log_softmax(model(ids).logits[0, -1].float(), dim=-1)
         top = torch.topk(logprobs, config["completions_kwargs"]["top_logprobs"])
-        entries = [{"token": tokenizer.decode([i]), "logprob": v} for i, v in zip(top.indices.tolist(),
-                                                                                  top.values.tolist(), strict=True)]
-        parsed = alpaca_eval.completion_parsers.logprob_parser({"logprobs": {"content": [
-            {**entries[0], "top_logprobs": entries}]}}, **config["completion_parser_kwargs"])[0]
+        entries = [
+            {"token": tokenizer.decode([i]), "logprob": v}
+            for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+        parsed = alpaca_eval.completion_parsers.logprob_parser(
+            {"logprobs": {"content": [{**entries[0], "top_logprobs": entries}]}}, **config["completion_parser_kwargs"]
+        )[0]
         expected = 3 - parsed if switched(instruction) else parsed
         if math.isnan(expected):
             assert ours[instruction]["preference"] is None

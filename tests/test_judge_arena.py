@@ -16,7 +16,7 @@ import yaml
 from evaluation.arena import continuation_message, v01_score, v2_score
 from evaluation.arena_scoring import v2_battles
 from realign_data.errors import InputError
-from realign_data.runs import content_key
+from realign_data.files import content_key
 from tests.helpers import assert_one_line_error, run_cli
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
@@ -54,22 +54,48 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def v01_inputs(tmp_path: Path, count: int, temperature: float, max_tokens: int, attempts: int = 2,
-               baseline_model: str = "base"):
+def v01_inputs(
+    tmp_path: Path, count: int, temperature: float, max_tokens: int, attempts: int = 2, baseline_model: str = "base"
+):
     config = tmp_path / "judge_config.yaml"
-    config.write_text(yaml.safe_dump({
-        "judge_model": "judge", "baseline_model": "base", "pairwise": True, "baseline": True, "reference": False,
-        "temperature": temperature, "max_tokens": max_tokens, "number_of_judgment_attempts": attempts,
-        "regex_pattern": r"\[\[([AB<>=]+)\]\]", "system_prompt": "Judge fairly.", "prompt_template": [V01_TEMPLATE]}))
-    questions = write_jsonl(tmp_path / "question.jsonl", [
-        {"question_id": f"q{i}", "category": "arena-hard-v0.1", "turns": [{"content": f"Question {i}?"}]}
-        for i in range(count)])
-    baseline = write_jsonl(tmp_path / "base.jsonl", [
-        {"question_id": f"q{i}", "model_id": baseline_model, "choices": [{"turns": [{"content": f"base {i}"}]}]}
-        for i in range(count)])
-    model = write_jsonl(tmp_path / "ours.jsonl", [
-        {"question_id": f"q{i}", "model_id": "ours", "choices": [{"turns": [{"content": f"ours {i}"}]}]}
-        for i in range(count)])
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "judge_model": "judge",
+                "baseline_model": "base",
+                "pairwise": True,
+                "baseline": True,
+                "reference": False,
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+                "number_of_judgment_attempts": attempts,
+                "regex_pattern": r"\[\[([AB<>=]+)\]\]",
+                "system_prompt": "Judge fairly.",
+                "prompt_template": [V01_TEMPLATE],
+            }
+        )
+    )
+    questions = write_jsonl(
+        tmp_path / "question.jsonl",
+        [
+            {"question_id": f"q{i}", "category": "arena-hard-v0.1", "turns": [{"content": f"Question {i}?"}]}
+            for i in range(count)
+        ],
+    )
+    baseline = write_jsonl(
+        tmp_path / "base.jsonl",
+        [
+            {"question_id": f"q{i}", "model_id": baseline_model, "choices": [{"turns": [{"content": f"base {i}"}]}]}
+            for i in range(count)
+        ],
+    )
+    model = write_jsonl(
+        tmp_path / "ours.jsonl",
+        [
+            {"question_id": f"q{i}", "model_id": "ours", "choices": [{"turns": [{"content": f"ours {i}"}]}]}
+            for i in range(count)
+        ],
+    )
     code = tmp_path / "gen_judgment.py"
     code.write_text(STAND_IN_CODE)
     return config, questions, baseline, model, code
@@ -98,8 +124,23 @@ def test_v01_request_settings_continuation_contradictions_and_layout(tmp_path):
         return Reply(content="My final verdict is [[A=B]]")
 
     with ScriptedOpenAIServer(script) as server:
-        args = ["arena", "--judge-config", config, "--questions", questions, "--baseline-answers", baseline,
-                "--outputs", model, "--judge-code", code, "--judge-base-url", server.url, "--rounds", "5"]
+        args = [
+            "arena",
+            "--judge-config",
+            config,
+            "--questions",
+            questions,
+            "--baseline-answers",
+            baseline,
+            "--outputs",
+            model,
+            "--judge-code",
+            code,
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "5",
+        ]
         report = run(tmp_path, *args, "-o", tmp_path / "r")
         first_calls = server.calls
         again = run(tmp_path, *args, "-o", tmp_path / "again")
@@ -115,8 +156,10 @@ def test_v01_request_settings_continuation_contradictions_and_layout(tmp_path):
         assert system == {"role": "system", "content": "Judge fairly."}
         assert assistant == {"role": "assistant", "content": "Let me think about it."}
         assert follow_up == {"role": "user", "content": STAND_IN_MESSAGE}
-    records = {r["question_id"]: r for r in
-               (json.loads(line) for line in (tmp_path / "r" / "judgments" / "ours.jsonl").read_text().splitlines())}
+    records = {
+        r["question_id"]: r
+        for r in (json.loads(line) for line in (tmp_path / "r" / "judgments" / "ours.jsonl").read_text().splitlines())
+    }
     assert set(records) == {"q0", "q1", "q2", "q3"}
     for qid, record in records.items():
         assert {"question_id", "model", "judge", "games"} <= set(record) and record["model"] == "ours"
@@ -124,18 +167,22 @@ def test_v01_request_settings_continuation_contradictions_and_layout(tmp_path):
         # game 1 shows the baseline as A, game 2 the model; the prompt filled as str.format fills the template
         assert [g["user_prompt"] for g in record["games"]] == [
             V01_TEMPLATE.format(question_1=f"Question {i}?", answer_1=f"base {i}", answer_2=f"ours {i}"),
-            V01_TEMPLATE.format(question_1=f"Question {i}?", answer_1=f"ours {i}", answer_2=f"base {i}")]
+            V01_TEMPLATE.format(question_1=f"Question {i}?", answer_1=f"ours {i}", answer_2=f"base {i}"),
+        ]
     # the judgment is the answers joined, each after a newline, parsed as a whole
-    assert [(g["judgment"], g["score"]) for g in records["q0"]["games"]] == \
-        [("\nLet me think about it.\nSo: [[B>A]]", "B>A")] * 2
+    assert [(g["judgment"], g["score"]) for g in records["q0"]["games"]] == [
+        ("\nLet me think about it.\nSo: [[B>A]]", "B>A")
+    ] * 2
     assert [g["score"] for g in records["q1"]["games"]] == [None, None]
     assert records["q2"]["games"][0]["judgment"] == "\nno label here\nno label here"
     assert [g["score"] for g in records["q2"]["games"]] == [None, None]
     assert [g["score"] for g in records["q3"]["games"]] == ["A=B", "A=B"]
     assert report["failures"] == 4 and report["judge_usage"]["unparseable"] == 4
     assert report["settings"]["judge_request"]["continuation"] == STAND_IN_MESSAGE
-    assert (report["settings"]["judge_request"]["temperature"], report["settings"]["judge_request"]["max_tokens"]) \
-        == (0.25, 77)
+    assert (report["settings"]["judge_request"]["temperature"], report["settings"]["judge_request"]["max_tokens"]) == (
+        0.25,
+        77,
+    )
     # a rerun replays every game that has a verdict (continued ones too) and judges the failed ones anew
     assert rerun_calls == 2 * 1 + 2 * 2
     assert again["judge_usage"]["judged_anew"] == 4 and again["leaderboard"] == report["leaderboard"]
@@ -144,16 +191,46 @@ def test_v01_request_settings_continuation_contradictions_and_layout(tmp_path):
 def test_v01_with_one_attempt_asks_once_and_needs_no_gen_judgment(tmp_path):
     config, questions, baseline, model, _ = v01_inputs(tmp_path, 2, temperature=0.0, max_tokens=16, attempts=1)
     with ScriptedOpenAIServer(lambda request, seen: Reply(content="undecided")) as server:
-        result = run_cli("arena", "--judge-config", str(config), "--questions", str(questions),
-                         "--baseline-answers", str(baseline), "--outputs", str(model), "--judge-base-url",
-                         server.url, "--rounds", "2", "-o", str(tmp_path / "r"), prog="realign-eval",
-                         env=env(tmp_path))
+        result = run_cli(
+            "arena",
+            "--judge-config",
+            str(config),
+            "--questions",
+            str(questions),
+            "--baseline-answers",
+            str(baseline),
+            "--outputs",
+            str(model),
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "2",
+            "-o",
+            str(tmp_path / "r"),
+            prog="realign-eval",
+            env=env(tmp_path),
+        )
         assert server.calls == 4  # one call per game: no continuation (and no gen_judgment.py needed)
     assert result.returncode == 1 and "no parseable verdict" in result.stderr
-    unused = run_cli("arena", "--judge-config", str(config), "--questions", str(questions), "--baseline-answers",
-                     str(baseline), "--outputs", str(model), "--judge-code", str(tmp_path / "gen_judgment.py"),
-                     "--judge-base-url", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "u"), prog="realign-eval",
-                     env=env(tmp_path))
+    unused = run_cli(
+        "arena",
+        "--judge-config",
+        str(config),
+        "--questions",
+        str(questions),
+        "--baseline-answers",
+        str(baseline),
+        "--outputs",
+        str(model),
+        "--judge-code",
+        str(tmp_path / "gen_judgment.py"),
+        "--judge-base-url",
+        "http://127.0.0.1:9/v1",
+        "-o",
+        str(tmp_path / "u"),
+        prog="realign-eval",
+        env=env(tmp_path),
+    )
     assert_one_line_error(unused, 2, "--judge-code", "not used")
 
 
@@ -177,15 +254,16 @@ def test_the_official_continuation_message_is_read_from_gen_judgment():
     text = OFFICIAL_CODE.read_text()
     message = continuation_message(OFFICIAL_CODE)
     # the user turn appended inside the attempts loop, after the `if not try_again: break`
-    loop = text[text.index("for _ in range(configs['number_of_judgment_attempts'])"):]
+    loop = text[text.index("for _ in range(configs['number_of_judgment_attempts'])") :]
     assert f'conv.append({{"role": "user", "content": "{message}"}})' in loop.split("result = {")[0]
 
 
 @pytest.mark.skipif(not (ARENA / "config" / "judge_config_v0.1.yaml").is_file(), reason="../shared/data absent")
 def test_official_v01_config_settings_reach_the_server(tmp_path):
     official = yaml.safe_load((ARENA / "config" / "judge_config_v0.1.yaml").read_text())
-    _, questions, baseline, model, code = v01_inputs(tmp_path, 1, temperature=0, max_tokens=1,
-                                                     baseline_model=official["baseline_model"])
+    _, questions, baseline, model, code = v01_inputs(
+        tmp_path, 1, temperature=0, max_tokens=1, baseline_model=official["baseline_model"]
+    )
     seen_requests = []
 
     def script(request, seen):
@@ -193,31 +271,71 @@ def test_official_v01_config_settings_reach_the_server(tmp_path):
         return Reply(content="[[A>B]]")
 
     with ScriptedOpenAIServer(script) as server:
-        run(tmp_path, "arena", "--judge-config", ARENA / "config" / "judge_config_v0.1.yaml", "--questions",
-            questions, "--baseline-answers", baseline, "--outputs", model, "--judge-code", code, "--judge-base-url",
-            server.url, "--rounds", "2", "-o", tmp_path / "r")
-    assert seen_requests and all(r["temperature"] == official["temperature"] and
-                                 r["max_tokens"] == official["max_tokens"] for r in seen_requests)
+        run(
+            tmp_path,
+            "arena",
+            "--judge-config",
+            ARENA / "config" / "judge_config_v0.1.yaml",
+            "--questions",
+            questions,
+            "--baseline-answers",
+            baseline,
+            "--outputs",
+            model,
+            "--judge-code",
+            code,
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "2",
+            "-o",
+            tmp_path / "r",
+        )
+    assert seen_requests and all(
+        r["temperature"] == official["temperature"] and r["max_tokens"] == official["max_tokens"] for r in seen_requests
+    )
     assert seen_requests[0]["messages"][0]["content"] == official["system_prompt"]
 
 
 def v2_inputs(tmp_path: Path, count: int, temperature: float, max_tokens: int):
     config = tmp_path / "arena-hard-v2.0.yaml"
-    config.write_text(yaml.safe_dump({
-        "judge_model": "judge", "temperature": temperature, "max_tokens": max_tokens, "bench_name": "bench",
-        "reference": None, "regex_patterns": [r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]"],
-        "prompt_template": "<|User Prompt|>\n{QUESTION}\n\n<A>\n{ANSWER_A}\n</A>\n\n<B>\n{ANSWER_B}\n</B>"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "judge_model": "judge",
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+                "bench_name": "bench",
+                "reference": None,
+                "regex_patterns": [r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]"],
+                "prompt_template": "<|User Prompt|>\n{QUESTION}\n\n<A>\n{ANSWER_A}\n</A>\n\n<B>\n{ANSWER_B}\n</B>",
+            }
+        )
+    )
     settings = tmp_path / "judge_settings.yaml"
-    settings.write_text(yaml.safe_dump({"judge_settings": {"hard_prompt": {"baseline": "base",
-                                                                           "system_prompt": "Judge, hard."}}}))
-    questions = write_jsonl(tmp_path / "question.jsonl", [
-        {"uid": f"u{i}", "category": "hard_prompt", "prompt": f"Question {i}?"} for i in range(count)])
+    settings.write_text(
+        yaml.safe_dump({"judge_settings": {"hard_prompt": {"baseline": "base", "system_prompt": "Judge, hard."}}})
+    )
+    questions = write_jsonl(
+        tmp_path / "question.jsonl",
+        [{"uid": f"u{i}", "category": "hard_prompt", "prompt": f"Question {i}?"} for i in range(count)],
+    )
     answers = {}
     for name in ("base", "ours"):
-        answers[name] = write_jsonl(tmp_path / f"{name}.jsonl", [
-            {"uid": f"u{i}", "model": name, "messages": [{"role": "user", "content": f"Question {i}?"},
-                                                          {"role": "assistant", "content": {"answer": f"{name} {i}"}}]}
-            for i in range(count)])
+        answers[name] = write_jsonl(
+            tmp_path / f"{name}.jsonl",
+            [
+                {
+                    "uid": f"u{i}",
+                    "model": name,
+                    "messages": [
+                        {"role": "user", "content": f"Question {i}?"},
+                        {"role": "assistant", "content": {"answer": f"{name} {i}"}},
+                    ],
+                }
+                for i in range(count)
+            ],
+        )
     return config, settings, questions, answers
 
 
@@ -243,9 +361,26 @@ def test_v2_request_settings_last_match_label_spellings_and_layout(tmp_path):
         return Reply(content=V2_CASES[question][0][game])
 
     with ScriptedOpenAIServer(script) as server:
-        report = run(tmp_path, "arena", "--judge-config", config, "--judge-settings", settings, "--questions",
-                     questions, "--baseline-answers", answers["base"], "--outputs", answers["ours"],
-                     "--judge-base-url", server.url, "--rounds", "3", "-o", tmp_path / "r")
+        report = run(
+            tmp_path,
+            "arena",
+            "--judge-config",
+            config,
+            "--judge-settings",
+            settings,
+            "--questions",
+            questions,
+            "--baseline-answers",
+            answers["base"],
+            "--outputs",
+            answers["ours"],
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "3",
+            "-o",
+            tmp_path / "r",
+        )
     assert {(r["temperature"], r["max_tokens"]) for r in requests} == {(0.4, 321)}
     records = [json.loads(line) for line in (tmp_path / "r" / "judgments" / "ours.jsonl").read_text().splitlines()]
     for record in records:
@@ -262,9 +397,11 @@ def test_v2_request_settings_last_match_label_spellings_and_layout(tmp_path):
     # label_to_score of lmarena's show_result.py (weight 3), by hand: scores = game 2's + (1 - game 1's)
     battles, dropped, unknown = v2_battles(records, lambda record: "base")
     scores = {uid: sorted(group["score"]) for uid, group in battles.groupby("question_id")}
-    assert scores == {"u0": sorted([0.5] + [1 - 0]),  # B=A: 0.5; A<B in game 1: 1 - 0
-                      "u1": sorted([1] + [1 - 0] * 3),  # B<A: 1; A<<B (strong) in game 1: 3 x (1 - 0)
-                      "u2": sorted([1] + [1 - 1] * 3)}  # A>B: 1; B<<A (strong) in game 1: 3 x (1 - 1)
+    assert scores == {
+        "u0": sorted([0.5] + [1 - 0]),  # B=A: 0.5; A<B in game 1: 1 - 0
+        "u1": sorted([1] + [1 - 0] * 3),  # B<A: 1; A<<B (strong) in game 1: 3 x (1 - 0)
+        "u2": sorted([1] + [1 - 1] * 3),
+    }  # A>B: 1; B<<A (strong) in game 1: 3 x (1 - 1)
     assert dropped == 1 and not unknown
     assert report["judge_usage"]["failed"] == 1
 
@@ -276,20 +413,37 @@ def test_an_old_judge_cache_file_is_migrated_and_its_answers_replayed(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     db = sqlite3.connect(home / "judge-cache.sqlite")
-    db.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, text TEXT, prompt_tokens INTEGER, "
-               "completion_tokens INTEGER)")
+    db.execute(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, text TEXT, prompt_tokens INTEGER, completion_tokens INTEGER)"
+    )
     for first, second in (("base 0", "ours 0"), ("ours 0", "base 0")):
-        messages = [{"role": "system", "content": "Judge fairly."},
-                    {"role": "user", "content": V01_TEMPLATE.format(question_1="Question 0?", answer_1=first,
-                                                                    answer_2=second)}]
+        messages = [
+            {"role": "system", "content": "Judge fairly."},
+            {"role": "user", "content": V01_TEMPLATE.format(question_1="Question 0?", answer_1=first, answer_2=second)},
+        ]
         key = content_key("openai:judge", messages, 64, 0.0, 0)  # the old key, as the old code computed it
         db.execute("INSERT INTO answers VALUES (?, ?, ?, ?)", (key, "old answer [[A>B]]", 5, 3))
     db.commit()
     db.close()
     with ScriptedOpenAIServer(lambda request, seen: Reply(content="[[A=B]]")) as server:
-        report = run(tmp_path, "arena", "--judge-config", config, "--questions", questions, "--baseline-answers",
-                     baseline, "--outputs", model, "--judge-base-url", server.url, "--rounds", "2", "-o",
-                     tmp_path / "r")
+        report = run(
+            tmp_path,
+            "arena",
+            "--judge-config",
+            config,
+            "--questions",
+            questions,
+            "--baseline-answers",
+            baseline,
+            "--outputs",
+            model,
+            "--judge-base-url",
+            server.url,
+            "--rounds",
+            "2",
+            "-o",
+            tmp_path / "r",
+        )
         assert server.calls == 0
     assert report["judge_usage"]["cached"] == 2
     columns = [row[1] for row in sqlite3.connect(home / "judge-cache.sqlite").execute("PRAGMA table_info(answers)")]

@@ -62,10 +62,13 @@ def test_reward_task_loads_a_sequence_classification_head(tiny_model_dir, tokeni
     assert logits.shape == (2, reward.config.num_labels)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("org-that/does-not-exist", "cannot reach the Hugging Face Hub"),
-    ("no_such_model", "not a built-in alias"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("org-that/does-not-exist", "cannot reach the Hugging Face Hub"),
+        ("no_such_model", "not a built-in alias"),
+    ],
+)
 def test_unresolvable_specs_explain_what_to_pass(spec, message):
     with pytest.raises(RealignError, match=message):
         resolve_model(spec)

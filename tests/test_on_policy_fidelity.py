@@ -24,16 +24,20 @@ from trainers.config import DatasetInput, PolicyTrainConfig
 from trainers.data import load_training_pairs, prompt_rendering_check, truncation_report
 from trainers.run import _preference_trainer, train
 
-SMOLLM2_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                  "<|im_end|>\n")
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SMOLLM2_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 THINKING = CHATML.replace("'<|im_start|>assistant\n' }}", "'<|im_start|>assistant\n<think>\n\n</think>\n\n' }}")
 PROMPTS = [
     [{"role": "user", "content": "Name three primary colours."}],
     [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Capital of France?"}],
-    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
-     {"role": "user", "content": "What is 2+2?"}],
+    [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "What is 2+2?"},
+    ],
 ]
 
 
@@ -52,8 +56,13 @@ def bos_model_dir(tmp_path_factory, tiny_model_dir):
     """A tokenizer that adds a BOS (``<|endoftext|>``) when it tokenizes text, with a template that starts with it,
     as Llama 3's does: rendered text tokenized with special tokens would start with two."""
     template = "{{ bos_token }}" + AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
-    return copy_with_tokenizer(tiny_model_dir, tmp_path_factory.mktemp("bos") / "model", template,
-                               add_bos_token=True, bos_token="<|endoftext|>")
+    return copy_with_tokenizer(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("bos") / "model",
+        template,
+        add_bos_token=True,
+        bos_token="<|endoftext|>",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +73,16 @@ def chatml_model_dir(tmp_path_factory, tiny_model_dir):
 
 def stored_pairs(tmp_path, prompts=PROMPTS):
     store = Store(tmp_path / "store")
-    rows = [pair_row(i, prompt=prompt, prompt_id=f"prompt-{i}", pair_type="on_policy",
-                     chosen=[{"role": "assistant", "content": f"Answer {i}: blue, red and yellow."}])
-            for i, prompt in enumerate(prompts)]
+    rows = [
+        pair_row(
+            i,
+            prompt=prompt,
+            prompt_id=f"prompt-{i}",
+            pair_type="on_policy",
+            chosen=[{"role": "assistant", "content": f"Answer {i}: blue, red and yellow."}],
+        )
+        for i, prompt in enumerate(prompts)
+    ]
     store.write_version("pairs", [pair_table(rows)])
     return store
 
@@ -74,17 +90,27 @@ def stored_pairs(tmp_path, prompts=PROMPTS):
 def collated(tmp_path, store, model_dir, tokenizer):
     """Per stored pair, as realign-train hands it to TRL's DPOTrainer: (prompt messages, chosen content, the
     collated prompt token ids, the collated chosen completion ids)."""
-    config = PolicyTrainConfig(pair_types=["on_policy"], datasets=[{"ref": "pairs@v1"}], max_length=512,
-                               precompute_ref_log_probs=False, eval_fraction=0)
+    config = PolicyTrainConfig(
+        pair_types=["on_policy"],
+        datasets=[{"ref": "pairs@v1"}],
+        max_length=512,
+        precompute_ref_log_probs=False,
+        eval_fraction=0,
+    )
     data, _, _ = load_training_pairs(config.datasets, config.pair_types, store, config.seed)
-    trainer = _preference_trainer(config, AutoModelForCausalLM.from_pretrained(model_dir), data, None, tokenizer,
-                                  tmp_path / "trainer")
+    trainer = _preference_trainer(
+        config, AutoModelForCausalLM.from_pretrained(model_dir), data, None, tokenizer, tmp_path / "trainer"
+    )
     examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     batch = trainer.data_collator(examples)
     result = []
-    for example, ids, completion, attention in zip(examples, batch["input_ids"].tolist(),
-                                                   batch["completion_mask"].tolist(),
-                                                   batch["attention_mask"].tolist(), strict=False):
+    for example, ids, completion, attention in zip(
+        examples,
+        batch["input_ids"].tolist(),
+        batch["completion_mask"].tolist(),
+        batch["attention_mask"].tolist(),
+        strict=False,
+    ):
         start = completion.index(1)  # the chosen half comes first in the batch
         end = start + sum(completion)
         assert sum(attention) == end  # nothing after the completion but padding
@@ -93,18 +119,24 @@ def collated(tmp_path, store, model_dir, tokenizer):
 
 
 @pytest.mark.parametrize("which", ["embedded", "bos"])
-def test_trl_trains_on_exactly_the_prompt_tokens_the_hf_engine_sampled_with(tmp_path, which, smollm2,
-                                                                             tiny_model_dir, bos_model_dir):
+def test_trl_trains_on_exactly_the_prompt_tokens_the_hf_engine_sampled_with(
+    tmp_path, which, smollm2, tiny_model_dir, bos_model_dir
+):
     model = smollm2 if which == "embedded" else resolve_model(str(bos_model_dir))
     engine = HFEngine(model)
     tokenizer = engine.tokenizer
     # TRL's tokenization depends on the tokenizer alone: the embedded model's pairs are collated with the tiny model
     # that carries the embedded tokenizer
-    pairs = collated(tmp_path, stored_pairs(tmp_path), tiny_model_dir if which == "embedded" else bos_model_dir,
-                     tokenizer)
+    pairs = collated(
+        tmp_path, stored_pairs(tmp_path), tiny_model_dir if which == "embedded" else bos_model_dir, tokenizer
+    )
     assert sorted(json.dumps(p) for p, *_ in pairs) == sorted(json.dumps(p) for p in PROMPTS)
-    sampled = {r.request_id: r for r in engine.generate(
-        [GenerationRequest(json.dumps(p), p, SamplingParams(n=1, temperature=0, max_new_tokens=1)) for p in PROMPTS])}
+    sampled = {
+        r.request_id: r
+        for r in engine.generate(
+            [GenerationRequest(json.dumps(p), p, SamplingParams(n=1, temperature=0, max_new_tokens=1)) for p in PROMPTS]
+        )
+    }
     for prompt, chosen, prompt_ids, completion_ids in pairs:
         assert prompt_ids == engine.encode(prompt)
         assert sampled[json.dumps(prompt)].completions[0].prompt_tokens == len(prompt_ids)
@@ -119,7 +151,7 @@ def test_trl_trains_on_exactly_the_prompt_tokens_the_hf_engine_sampled_with(tmp_
             assert text.startswith("<|im_start|>")
         # the response starts on a token boundary: its tokens as tokenized alone, then the end-of-turn token
         response = tokenizer(chosen, add_special_tokens=False)["input_ids"]
-        assert completion_ids[:len(response) + 1] == [*response, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        assert completion_ids[: len(response) + 1] == [*response, tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def test_prompts_a_template_renders_otherwise_before_a_response_are_counted(tmp_path, tiny_model_dir):
@@ -132,15 +164,25 @@ def test_prompts_a_template_renders_otherwise_before_a_response_are_counted(tmp_
     tokenizer = load_tokenizer(resolve_model(str(thinking)))
     assert truncation_report(data, tokenizer, 512)["prompt_cut"] == len(PROMPTS)
     for prompt, _, prompt_ids, _ in collated(tmp_path, store, thinking, tokenizer):
-        generation = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"]
-        assert prompt_ids == generation[:len(prompt_ids)] and tokenizer.decode(generation[len(prompt_ids):]) == \
-            "<think>\n\n</think>\n\n"
+        generation = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        assert (
+            prompt_ids == generation[: len(prompt_ids)]
+            and tokenizer.decode(generation[len(prompt_ids) :]) == "<think>\n\n</think>\n\n"
+        )
 
 
 def build_config(**sets) -> BuildConfig:
-    values = {"dataset": "pairs", "prompts.limit": 6, "generation.num_samples": 2, "generation.max_new_tokens": 8,
-              "generation.temperature": 1.0, "pairs.types": ["on_policy"], **sets}
+    values = {
+        "dataset": "pairs",
+        "prompts.limit": 6,
+        "generation.num_samples": 2,
+        "generation.max_new_tokens": 8,
+        "generation.temperature": 1.0,
+        "pairs.types": ["on_policy"],
+        **sets,
+    }
     return load_config(BuildConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
@@ -150,11 +192,12 @@ def rendering_checks(store, tokenizer_dir):
 
 
 def test_hf_build_records_its_prompt_rendering_and_training_with_another_template_warns(
-        tmp_path, tiny_model_dir, chatml_model_dir, capsys):
+    tmp_path, tiny_model_dir, chatml_model_dir, capsys
+):
     store = Store(tmp_path / "store")
     build = Build(build_config(**{"policy.spec": str(tiny_model_dir)}), store)
     version = build.commit(build.run())
-    record = version.manifest["models"]["policy"]["prompt_rendering"]
+    record = version.record["models"]["policy"]["prompt_rendering"]
     assert record["engine"] == "hf" and record["chat_template_sha256"]
     assert record["probe"]["prompt_id"] in {p.prompt_id for p in build.load_prompts().prompts}
     [same] = rendering_checks(store, tiny_model_dir)
@@ -163,10 +206,21 @@ def test_hf_build_records_its_prompt_rendering_and_training_with_another_templat
     assert other["same_prompt_tokens"] is False and other["same_chat_template"] is False
     assert "not on-policy" in other["warning"]
 
-    config = load_config(PolicyTrainConfig, None, [], {
-        "model.spec": str(chatml_model_dir), "output_dir": str(tmp_path / "out"), "datasets": ["pairs@v1"],
-        "pair_types": ["on_policy"], "eval_fraction": 0, "max_steps": 1, "per_device_train_batch_size": 2,
-        "max_length": 256})
+    config = load_config(
+        PolicyTrainConfig,
+        None,
+        [],
+        {
+            "model.spec": str(chatml_model_dir),
+            "output_dir": str(tmp_path / "out"),
+            "datasets": ["pairs@v1"],
+            "pair_types": ["on_policy"],
+            "eval_fraction": 0,
+            "max_steps": 1,
+            "per_device_train_batch_size": 2,
+            "max_length": 256,
+        },
+    )
     capsys.readouterr()
     manifest = train(config, store)
     assert f"warning: {other['warning']}" in capsys.readouterr().err.splitlines()
@@ -181,8 +235,9 @@ def tokenizing_server(tokenizer_dir, paths):
 
     def script(request, seen):
         if "add_generation_prompt" in request and tokenizer is not None:
-            ids = tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True,
-                                                return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(
+                request["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
             return Reply(body=json.dumps({"count": len(ids), "max_model_len": 2048, "tokens": ids}).encode())
         content = request["messages"][-1]["content"]
         if "Rate the response" in content:
@@ -202,15 +257,18 @@ def tokenizing_server(tokenizer_dir, paths):
 
 
 @pytest.mark.parametrize("served", ["same", "chatml", "no_tokenize"])
-def test_openai_build_records_the_servers_rendering_for_training_to_compare(tmp_path, tiny_model_dir,
-                                                                            chatml_model_dir, served):
+def test_openai_build_records_the_servers_rendering_for_training_to_compare(
+    tmp_path, tiny_model_dir, chatml_model_dir, served
+):
     paths = []
     rendering = {"same": tiny_model_dir, "chatml": chatml_model_dir, "no_tokenize": None}[served]
     store = Store(tmp_path / "store")
     with tokenizing_server(rendering, paths) as server:
-        build = Build(build_config(**{"engine.kind": "openai", "engine.base_urls": [server.url],
-                                      "policy.spec": "served-model"}), store)
-        record = build.commit(build.run()).manifest["models"]["policy"]["prompt_rendering"]
+        build = Build(
+            build_config(**{"engine.kind": "openai", "engine.base_urls": [server.url], "policy.spec": "served-model"}),
+            store,
+        )
+        record = build.commit(build.run()).record["models"]["policy"]["prompt_rendering"]
     assert "/tokenize" in paths and record["engine"] == "openai"
     [check] = rendering_checks(store, tiny_model_dir)  # training starts from the tiny model: SmolLM2's template
     if served == "no_tokenize":

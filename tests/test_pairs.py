@@ -4,22 +4,25 @@ import json
 
 import pytest
 
-from realign_data.pairs import PromptResults, Provenance, Response, build_pairs, mix_pairs, revision_prompt
+from realign_data.pairs import PairOrigin, PromptResults, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.store import Store
 from realign_data.templates import load_template
 from tests.helpers import pair_table
 
 TEMPLATE = load_template("revision", ("instruction", "draft"))
-PROVENANCE = Provenance("policy@sha256:p", "reviser@sha256:r", "judge:x", {"temperature": 0.8}, {"temperature": 0.7})
+PROVENANCE = PairOrigin("policy@sha256:p", "reviser@sha256:r", "judge:x", {"temperature": 0.8}, {"temperature": 0.7})
 ALL = ["on_policy", "revision", "revision_direct", "reviser_train"]
 
 
 def item(prompt_id, scores, texts=None, revisions=None, reference=None):
     texts = texts or [f"answer {i} to {prompt_id}" for i in range(len(scores))]
-    return PromptResults(prompt_id, [{"role": "user", "content": f"question {prompt_id}"}],
-                         [Response(t, s, f"sample:{i}") for i, (t, s) in enumerate(zip(texts, scores, strict=True))],
-                         {i: Response(t, s, f"revision:{i}") for i, (t, s) in (revisions or {}).items()},
-                         Response(reference[0], reference[1], "reference") if reference else None)
+    return PromptResults(
+        prompt_id,
+        [{"role": "user", "content": f"question {prompt_id}"}],
+        [Response(t, s, f"sample:{i}") for i, (t, s) in enumerate(zip(texts, scores, strict=True))],
+        {i: Response(t, s, f"revision:{i}") for i, (t, s) in (revisions or {}).items()},
+        Response(reference[0], reference[1], "reference") if reference else None,
+    )
 
 
 def by_type(rows, pair_type):
@@ -38,12 +41,21 @@ def test_on_policy_takes_best_and_worst():
 
 
 def test_identical_tied_unscored_and_small_margins_are_dropped_and_counted():
-    results = [item("same", [3.0, 8.0], texts=["x", "x"]), item("tied", [4.0, 4.0, 4.0]),
-               item("one", [6.0, None]), item("close", [5.0, 5.5]), item("far", [1.0, 9.0])]
+    results = [
+        item("same", [3.0, 8.0], texts=["x", "x"]),
+        item("tied", [4.0, 4.0, 4.0]),
+        item("one", [6.0, None]),
+        item("close", [5.0, 5.5]),
+        item("far", [1.0, 9.0]),
+    ]
     rows, dropped = build_pairs(results, ["on_policy"], 1.0, TEMPLATE, PROVENANCE)
     assert [r["prompt_id"] for r in rows] == ["far"]
-    assert dropped == {"on_policy:identical": 1, "on_policy:tied": 1, "on_policy:unscored": 1,
-                       "on_policy:below_margin": 1}
+    assert dropped == {
+        "on_policy:identical": 1,
+        "on_policy:tied": 1,
+        "on_policy:unscored": 1,
+        "on_policy:below_margin": 1,
+    }
 
 
 def test_ties_break_on_the_first_sample():
@@ -54,28 +66,36 @@ def test_ties_break_on_the_first_sample():
 def test_revision_pairs_use_the_structured_revision_prompt():
     results = [item("a", [4.0, 6.0], revisions={0: ("better answer", 8.0)})]
     rows, dropped = build_pairs(results, ALL, 0.5, TEMPLATE, PROVENANCE)
-    revision, = by_type(rows, "revision")
+    (revision,) = by_type(rows, "revision")
     assert revision["prompt"] == revision_prompt(TEMPLATE, [{"role": "user", "content": "question a"}], "answer 0 to a")
     assert "question a" in revision["prompt"][-1]["content"] and "answer 0 to a" in revision["prompt"][-1]["content"]
     assert revision["chosen"][0]["content"] == "better answer" and revision["rejected"][0]["content"] == "answer 0 to a"
     assert revision["margin"] == 4.0 and revision["reviser_model"] == "reviser@sha256:r"
     assert json.loads(revision["sample_params"])["revision"] == {"temperature": 0.7}
-    direct, = by_type(rows, "revision_direct")
+    (direct,) = by_type(rows, "revision_direct")
     assert direct["prompt"] == [{"role": "user", "content": "question a"}]
     assert direct["pair_id"] != revision["pair_id"]
-    reviser, = by_type(rows, "reviser_train")
+    (reviser,) = by_type(rows, "reviser_train")
     assert reviser["prompt"] == revision["prompt"] and reviser["chosen_source"] == "revision:0"
     assert not dropped
 
 
 def test_revision_that_is_worse_unchanged_or_unscored_is_dropped():
-    results = [item("worse", [6.0, 5.0], revisions={0: ("meh", 3.0)}),
-               item("same", [6.0, 5.0], revisions={0: ("answer 0 to same", 6.0)}),
-               item("unscored", [6.0, 5.0], revisions={0: ("new", None)})]
+    results = [
+        item("worse", [6.0, 5.0], revisions={0: ("meh", 3.0)}),
+        item("same", [6.0, 5.0], revisions={0: ("answer 0 to same", 6.0)}),
+        item("unscored", [6.0, 5.0], revisions={0: ("new", None)}),
+    ]
     rows, dropped = build_pairs(results, ["revision", "revision_direct"], 0.0, TEMPLATE, PROVENANCE)
     assert rows == []
-    assert dropped == {"revision:not_better": 1, "revision_direct:not_better": 1, "revision:unchanged": 1,
-                       "revision_direct:unchanged": 1, "revision:unscored": 1, "revision_direct:unscored": 1}
+    assert dropped == {
+        "revision:not_better": 1,
+        "revision_direct:not_better": 1,
+        "revision:unchanged": 1,
+        "revision_direct:unchanged": 1,
+        "revision:unscored": 1,
+        "revision_direct:unscored": 1,
+    }
 
 
 def test_reviser_train_prefers_the_best_available_response_including_the_reference():
@@ -93,25 +113,33 @@ def test_reviser_train_keeps_a_best_draft_against_the_worst_response():
 
 
 def test_pairs_satisfy_the_store_contract(tmp_path):
-    results = [item(f"p{i}", [float(i), float(i) + 2, 1.0], revisions={0: (f"revised {i}", float(i) + 3)})
-               for i in range(4)]
+    results = [
+        item(f"p{i}", [float(i), float(i) + 2, 1.0], revisions={0: (f"revised {i}", float(i) + 3)}) for i in range(4)
+    ]
     rows, _ = build_pairs(results, ALL, 0.0, TEMPLATE, PROVENANCE)
     version = Store(tmp_path).write_version("pairs", [pair_table(rows)])
-    assert version.manifest["rows_by_pair_type"] == {"on_policy": 4, "revision": 4, "revision_direct": 4,
-                                                     "reviser_train": 4}
+    assert version.record["rows_by_pair_type"] == {
+        "on_policy": 4,
+        "revision": 4,
+        "revision_direct": 4,
+        "reviser_train": 4,
+    }
 
 
 def rows_of(counts):
     return [{"pair_type": t, "pair_id": f"{t}-{i}", "prompt_id": str(i)} for t, n in counts.items() for i in range(n)]
 
 
-@pytest.mark.parametrize("weights, expected", [
-    ({}, {"on_policy": 40, "revision": 30, "reviser_train": 10}),
-    ({"on_policy": 1.0, "revision": 0.5}, {"on_policy": 40, "revision": 20, "reviser_train": 10}),
-    ({"on_policy": 1.0, "revision": 2.0}, {"on_policy": 15, "revision": 30, "reviser_train": 10}),
-    ({"on_policy": 1.0, "revision": 0.0}, {"on_policy": 40, "revision": 0, "reviser_train": 10}),
-    ({"on_policy": 1.0, "revision_direct": 1.0}, {"on_policy": 40, "revision": 30, "reviser_train": 10}),
-])
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ({}, {"on_policy": 40, "revision": 30, "reviser_train": 10}),
+        ({"on_policy": 1.0, "revision": 0.5}, {"on_policy": 40, "revision": 20, "reviser_train": 10}),
+        ({"on_policy": 1.0, "revision": 2.0}, {"on_policy": 15, "revision": 30, "reviser_train": 10}),
+        ({"on_policy": 1.0, "revision": 0.0}, {"on_policy": 40, "revision": 0, "reviser_train": 10}),
+        ({"on_policy": 1.0, "revision_direct": 1.0}, {"on_policy": 40, "revision": 30, "reviser_train": 10}),
+    ],
+)
 def test_mix_sets_the_composition(weights, expected):
     kept, counts = mix_pairs(rows_of({"on_policy": 40, "revision": 30, "reviser_train": 10}), weights, seed=0)
     assert {t: c["after"] for t, c in counts.items()} == expected

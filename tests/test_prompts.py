@@ -53,9 +53,13 @@ def test_each_file_format_reads_the_same_prompts(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_chat_messages_column_keeps_the_conversation_up_to_the_last_user_turn(tmp_path, fmt):
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                    {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."},
-                    {"role": "assistant", "content": "Blue."}]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
     rows = [{"messages": conversation}, {"messages": conversation[1:2]}]
     path = tmp_path / f"chat.{fmt}"
     if fmt == "jsonl":
@@ -71,8 +75,9 @@ def test_chat_messages_column_keeps_the_conversation_up_to_the_last_user_turn(tm
 
 def test_normalization_and_duplicates(tmp_path):
     decomposed = unicodedata.normalize("NFD", "Café au lait?")
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "  Café au lait?\n"}, {"prompt": decomposed},
-                                             {"prompt": "Other"}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "  Café au lait?\n"}, {"prompt": decomposed}, {"prompt": "Other"}]
+    )
     prompts = load(path)
     assert prompts.counts["read"] == 3 and prompts.counts["duplicates"] == 1
     assert prompts.prompts[0].instruction == unicodedata.normalize("NFC", "Café au lait?")
@@ -93,8 +98,9 @@ def test_filters_and_seeded_sampling(tmp_path, tokenizer):
     assert [p.prompt_id for p in first.prompts] != [p.prompt_id for p in other.prompts]
     assert first.counts["kept"] == 10 and first.counts["not_sampled"] == 35
     order = [r["prompt"] for r in rows]
-    assert [order.index(p.instruction) for p in first.prompts] == sorted(order.index(p.instruction)
-                                                                         for p in first.prompts)
+    assert [order.index(p.instruction) for p in first.prompts] == sorted(
+        order.index(p.instruction) for p in first.prompts
+    )
 
 
 def test_max_tokens_without_tokenizer_is_an_error(tmp_path):
@@ -136,13 +142,16 @@ def test_bad_input_names_file_line_and_field(tmp_path, case):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("table, column, message", [
-    (pa.table({"prompt": [1, 2]}), None, "column 'prompt' has type int64"),
-    (pa.table({"prompt": [["a"], ["b"]]}), None, "column 'prompt' has type list<element: string>"),
-    (pa.table({"text": ["a"]}), "prompt", "no column 'prompt' (columns: text)"),
-    (pa.table({"prompt": pa.array([], pa.string())}), None, "no rows"),
-    (pa.table({"prompt": ["fine", None]}), None, "p.parquet: row 1: field 'prompt' is empty"),
-])
+@pytest.mark.parametrize(
+    "table, column, message",
+    [
+        (pa.table({"prompt": [1, 2]}), None, "column 'prompt' has type int64"),
+        (pa.table({"prompt": [["a"], ["b"]]}), None, "column 'prompt' has type list<element: string>"),
+        (pa.table({"text": ["a"]}), "prompt", "no column 'prompt' (columns: text)"),
+        (pa.table({"prompt": pa.array([], pa.string())}), None, "no rows"),
+        (pa.table({"prompt": ["fine", None]}), None, "p.parquet: row 1: field 'prompt' is empty"),
+    ],
+)
 def test_wrong_parquet_schema(tmp_path, table, column, message):
     pq.write_table(table, tmp_path / "p.parquet")
     with pytest.raises(InputError) as error:
@@ -171,5 +180,6 @@ def test_cli_preview_and_exit_code_2(tmp_path):
     result = run_cli("prompts", str(bad))
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [f"error: {bad}:2: field 'prompt' must be a non-empty string or a list of "
-                                          "chat messages, got int"]
+    assert result.stderr.splitlines() == [
+        f"error: {bad}:2: field 'prompt' must be a non-empty string or a list of chat messages, got int"
+    ]

@@ -89,8 +89,12 @@ def test_every_write_or_escape_attempt_is_refused_or_harmless(store, tmp_path):
 def test_explain_analyze_copy_through_the_cli_exits_2_and_leaves_the_shard(store, tmp_path):
     shard = store.resolve("demo@v1").files[0]
     before = tree_digest(tmp_path)
-    result = run_cli("query", f"EXPLAIN ANALYZE COPY (SELECT * FROM pairs LIMIT 1) TO '{shard}' (FORMAT parquet)",
-                     "--store", str(store.root))
+    result = run_cli(
+        "query",
+        f"EXPLAIN ANALYZE COPY (SELECT * FROM pairs LIMIT 1) TO '{shard}' (FORMAT parquet)",
+        "--store",
+        str(store.root),
+    )
     assert_one_line_error(result, 2, "EXPLAIN statements are refused")
     several = run_cli("query", "SELECT 1; SELECT 2", "--store", str(store.root))
     assert_one_line_error(several, 2, "2 statements given")

@@ -25,13 +25,23 @@ def designed(tmp_path_factory, tokenizer):
     Returns the model directory and the designed token ids, likeliest first; their texts are distinct.
     """
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
-    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     with torch.no_grad():
         hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
     special = set(tokenizer.all_special_ids)
@@ -59,7 +69,7 @@ def exact_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Te
     if params.min_p > 0:
         probs = torch.where(probs >= params.min_p * probs.max(), probs, 0.0)
     if params.top_k > 0:
-        probs[probs.argsort(descending=True)[params.top_k:]] = 0.0
+        probs[probs.argsort(descending=True)[params.top_k :]] = 0.0
     probs = probs / probs.sum()
     ascending, order = probs.sort()
     removed = ascending.cumsum(0) <= 1 - params.top_p
@@ -68,16 +78,21 @@ def exact_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Te
     return probs / probs.sum()
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(n=SAMPLES, temperature=0.8, top_p=0.7, max_new_tokens=1, seed=11),
-    SamplingParams(n=SAMPLES, temperature=1.3, top_p=0.9, top_k=8, min_p=0.4, max_new_tokens=1, seed=12),
-], ids=["top_p", "min_p_top_k_top_p"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(n=SAMPLES, temperature=0.8, top_p=0.7, max_new_tokens=1, seed=11),
+        SamplingParams(n=SAMPLES, temperature=1.3, top_p=0.9, top_k=8, min_p=0.4, max_new_tokens=1, seed=12),
+    ],
+    ids=["top_p", "min_p_top_k_top_p"],
+)
 def test_samples_follow_the_exact_filtered_distribution(designed, tokenizer, params):
     scipy_stats = pytest.importorskip("scipy.stats")
     path, tokens = designed
     engine = HFEngine(resolve_model(str(path)), batch_size=1000)
-    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     with torch.no_grad():
         logits = engine.model(input_ids=torch.tensor([ids])).logits[0, -1]
     exact = exact_distribution(logits, params)
@@ -88,8 +103,9 @@ def test_samples_follow_the_exact_filtered_distribution(designed, tokenizer, par
     result = next(iter(engine.generate([GenerationRequest("r", MESSAGES, params)])))
     by_text = {tokenizer.decode([token]).strip(): token for token in tokens}
     drawn = [by_text.get(completion.text) for completion in result.completions]
-    outside = [text for text, token in zip((c.text for c in result.completions), drawn, strict=True)
-               if token not in support]
+    outside = [
+        text for text, token in zip((c.text for c in result.completions), drawn, strict=True) if token not in support
+    ]
     assert outside == [], "a token outside the filtered support was sampled"
 
     expected = [SAMPLES * exact[token].item() for token in support]
@@ -104,13 +120,19 @@ def test_samples_follow_the_exact_filtered_distribution(designed, tokenizer, par
 def test_the_checkpoint_generation_config_changes_nothing(tmp_path, tiny_model_dir):
     opinionated = tmp_path / "opinionated"
     shutil.copytree(tiny_model_dir, opinionated)
-    GenerationConfig(repetition_penalty=1.5, top_k=3, no_repeat_ngram_size=2, do_sample=True,
-                     temperature=0.3).save_pretrained(opinionated)
+    GenerationConfig(
+        repetition_penalty=1.5, top_k=3, no_repeat_ngram_size=2, do_sample=True, temperature=0.3
+    ).save_pretrained(opinionated)
     sampled = SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=4)
-    requests = [GenerationRequest("story", [{"role": "user", "content": "Tell me a story"}], sampled),
-                GenerationRequest("sky", [{"role": "user", "content": "Why is the sky blue?"}], sampled),
-                GenerationRequest("greedy", [{"role": "user", "content": "Count to ten"}],
-                                  SamplingParams(n=1, temperature=0.0, max_new_tokens=16))]
+    requests = [
+        GenerationRequest("story", [{"role": "user", "content": "Tell me a story"}], sampled),
+        GenerationRequest("sky", [{"role": "user", "content": "Why is the sky blue?"}], sampled),
+        GenerationRequest(
+            "greedy",
+            [{"role": "user", "content": "Count to ten"}],
+            SamplingParams(n=1, temperature=0.0, max_new_tokens=16),
+        ),
+    ]
 
     def outputs(path, reqs):
         return {r.request_id: r.completions for r in HFEngine(resolve_model(str(path))).generate(reqs)}
@@ -121,9 +143,14 @@ def test_the_checkpoint_generation_config_changes_nothing(tmp_path, tiny_model_d
     assert outputs(tiny_model_dir, penalized) != plain, "the checkpoint's penalty would have changed the outputs"
 
 
-@pytest.mark.parametrize("setting, field", [("generation.top_k=-1", "generation.top_k"),
-                                            ("generation.min_p=1.5", "generation.min_p"),
-                                            ("generation.repetition_penalty=0", "generation.repetition_penalty")])
+@pytest.mark.parametrize(
+    "setting, field",
+    [
+        ("generation.top_k=-1", "generation.top_k"),
+        ("generation.min_p=1.5", "generation.min_p"),
+        ("generation.repetition_penalty=0", "generation.repetition_penalty"),
+    ],
+)
 def test_sampling_knobs_out_of_range_name_their_field(setting, field):
     with pytest.raises(InputError, match=field):
         load_config(BuildConfig, None, [setting])

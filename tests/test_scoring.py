@@ -20,24 +20,48 @@ from realign_data.templates import load_template
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
 TEMPLATE = load_template("judge", ("instruction", "response"))
-ITEMS = [ScoreItem(f"k{i}", [{"role": "user", "content": q}], a) for i, (q, a) in enumerate([
-    ("What is 2+2?", "4"), ("Write a haiku", "Leaves fall, quiet pond,\nthe frog waits"),
-    ("Explain gravity", "Mass attracts mass; the more mass, the stronger the pull."), ("Hi", "")])]
+ITEMS = [
+    ScoreItem(f"k{i}", [{"role": "user", "content": q}], a)
+    for i, (q, a) in enumerate(
+        [
+            ("What is 2+2?", "4"),
+            ("Write a haiku", "Leaves fall, quiet pond,\nthe frog waits"),
+            ("Explain gravity", "Mass attracts mass; the more mass, the stronger the pull."),
+            ("Hi", ""),
+        ]
+    )
+]
 
 
-@pytest.mark.parametrize("text, rating", [
-    ("Rating: 7", 7), ("rating:10", 10), ("Rating: **9**", 9), ("8", 8), ("  10 - excellent", 10),
-    ("The answer deserves a Rating = 3 overall", 3), ("I cannot rate this", None), ("Rating: 11", None),
-    ("Rating: 0", None), ("7.5 out of 10", None), ("Rating: 1.", 1), ("Rating: 1, fair", 1), ("Rating: 7/10", 7),
-    ("Rating: 7.5", None), ("Rating: 1.5", None), ("Rating: 10,5", None), ("Rating: 100", None),
-])
+@pytest.mark.parametrize(
+    "text, rating",
+    [
+        ("Rating: 7", 7),
+        ("rating:10", 10),
+        ("Rating: **9**", 9),
+        ("8", 8),
+        ("  10 - excellent", 10),
+        ("The answer deserves a Rating = 3 overall", 3),
+        ("I cannot rate this", None),
+        ("Rating: 11", None),
+        ("Rating: 0", None),
+        ("7.5 out of 10", None),
+        ("Rating: 1.", 1),
+        ("Rating: 1, fair", 1),
+        ("Rating: 7/10", 7),
+        ("Rating: 7.5", None),
+        ("Rating: 1.5", None),
+        ("Rating: 10,5", None),
+        ("Rating: 100", None),
+    ],
+)
 def test_parse_rating(text, rating):
     assert parse_rating(text) == rating
 
 
 @pytest.fixture(scope="module")
 def judge(tiny_model_dir):
-    return LogprobJudge(HFEngine(resolve_model(str(tiny_model_dir)), batch_size=3), TEMPLATE, "judge:tiny")
+    return LogprobJudge(HFEngine(resolve_model(str(tiny_model_dir)), batch_size=3), TEMPLATE)
 
 
 def digit_led(tokenizer) -> list[int]:
@@ -49,8 +73,9 @@ def brute_force_expected_rating(judge, item):
     P(10) = P("1") * P("0" | "1") * P(no digit after "1", "0"), normalized over 1..10."""
     engine = judge.engine
     tokenizer = engine.tokenizer
-    prompt = engine.encode(judge_messages(TEMPLATE, item)) + tokenizer(RATING_PREFIX, add_special_tokens=False)[
-        "input_ids"]
+    prompt = (
+        engine.encode(judge_messages(TEMPLATE, item)) + tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
+    )
     digit = {d: tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
     led = digit_led(tokenizer)
 
@@ -64,7 +89,8 @@ def brute_force_expected_rating(judge, item):
     first = next_logprobs([])
     probabilities = {d: first[digit[d]].exp().item() * ends([digit[d]]) for d in range(1, 10)}
     probabilities[10] = (first[digit[1]] + next_logprobs([digit[1]])[digit[0]]).exp().item() * ends(
-        [digit[1], digit[0]])
+        [digit[1], digit[0]]
+    )
     return sum(r * p for r, p in probabilities.items()) / sum(probabilities.values())
 
 
@@ -82,9 +108,17 @@ def constant_judge(path, tokenizer, probabilities: dict[str, float]) -> LogprobJ
     """A real Llama that gives the same next-token distribution after any context: attention and MLP write
     nothing and every token embeds alike. Tokens (by text) get the given probabilities; the rest share what is left."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     chosen = {tokenizer.convert_tokens_to_ids(text): p for text, p in probabilities.items()}
     rest = (1 - sum(chosen.values())) / (len(tokenizer) - len(chosen))
@@ -94,12 +128,14 @@ def constant_judge(path, tokenizer, probabilities: dict[str, float]) -> LogprobJ
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.copy_(torch.randn(config.hidden_size).expand_as(model.model.embed_tokens.weight))
+        model.model.embed_tokens.weight.copy_(
+            torch.randn(config.hidden_size).expand_as(model.model.embed_tokens.weight)
+        )
         hidden = model.model.norm(model.model.embed_tokens.weight[0])
         model.lm_head.weight.copy_(logits[:, None] * hidden[None, :] / hidden.dot(hidden))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return LogprobJudge(HFEngine(resolve_model(str(path)), batch_size=2), TEMPLATE, "judge:constant")
+    return LogprobJudge(HFEngine(resolve_model(str(path)), batch_size=2), TEMPLATE)
 
 
 def fresh_tokenizer(smollm2, *added):
@@ -134,7 +170,7 @@ def test_ten_as_one_token_or_two_both_count_as_ten(tmp_path, smollm2):
 
 def test_reward_model_scores_batched_like_one_at_a_time(tiny_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
-    scorer = RewardModelScorer(model, load_tokenizer(resolve_model(str(tiny_model_dir))), "reward:tiny", batch_size=4)
+    scorer = RewardModelScorer(model, load_tokenizer(resolve_model(str(tiny_model_dir))), batch_size=4)
     batched = {s.key: s.score for s in scorer.score(ITEMS)}
     single = {s.key: s.score for item in ITEMS for s in scorer.score([item])}
     assert batched == pytest.approx(single, abs=1e-4)
@@ -143,7 +179,7 @@ def test_reward_model_scores_batched_like_one_at_a_time(tiny_model_dir):
 
 def text_judge(server, **options):
     engine = OpenAIEngine("judge", [server.url], max_retries=1, retry_backoff_s=0.01, timeout_s=5)
-    return TextJudge(engine, TEMPLATE, "judge-text:test", **options)
+    return TextJudge(engine, TEMPLATE, **options)
 
 
 def test_text_judge_reasks_unparseable_answers_then_counts_them():

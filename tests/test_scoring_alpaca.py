@@ -28,8 +28,12 @@ N = 40
 
 
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"REALIGN_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-            "OPENAI_API_KEY": "test-key"}
+    return {
+        "REALIGN_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "OPENAI_API_KEY": "test-key",
+    }
 
 
 def eval_cli(tmp_path: Path, *args) -> dict:
@@ -52,8 +56,9 @@ def official_lc(monkeypatch, annotations, lc_file: Path) -> float:
     monkeypatch.setattr(metrics.glm_winrate, "hf_hub_download", lambda *args, **kwargs: str(lc_file))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notices about alpaca_eval's arguments
-        result = metrics.get_length_controlled_winrate(annotations, save_weights_dir=None,
-                                                       is_warn_extreme_changes=False)
+        result = metrics.get_length_controlled_winrate(
+            annotations, save_weights_dir=None, is_warn_extreme_changes=False
+        )
     return float(result["length_controlled_winrate"])
 
 
@@ -66,9 +71,16 @@ def synthetic_gamed(path: Path, count: int = N) -> np.ndarray:
     rows = []
     for model, shift in (("gpt4_gamed_verbose", 0.8), ("gpt4_gamed_concise", -0.8)):
         for index in range(count):
-            rows.append({"index": index, "instruction_difficulty": difficulty[index], "model": model,
-                         "not_gamed_baseline": False, "std_delta_len": shift + rng.normal(0, 0.3),
-                         "preference": float(1 / (1 + math.exp(-(shift - difficulty[index]))))})
+            rows.append(
+                {
+                    "index": index,
+                    "instruction_difficulty": difficulty[index],
+                    "model": model,
+                    "not_gamed_baseline": False,
+                    "std_delta_len": shift + rng.normal(0, 0.3),
+                    "preference": float(1 / (1 + math.exp(-(shift - difficulty[index])))),
+                }
+            )
     pd.DataFrame(rows).to_csv(path, index=False)
     return difficulty
 
@@ -80,13 +92,22 @@ def annotation_rows(difficulty: np.ndarray, missing: set[int]) -> list[dict]:
     for index, level in enumerate(difficulty):
         reference, answer = "r" * int(rng.randint(200, 900)), "m" * int(rng.randint(100, 1500))
         preference = 1 + 1 / (1 + math.exp(level + 0.002 * (len(reference) - len(answer)) + rng.normal(0, 0.3)))
-        rows.append({"instruction": f"Task {index}", "output_1": reference, "generator_1": "gpt4_1106_preview",
-                     "output_2": answer, "generator_2": "ours", "annotator": "weighted_alpaca_eval_gpt4_turbo",
-                     "preference": None if index in missing else preference})
+        rows.append(
+            {
+                "instruction": f"Task {index}",
+                "output_1": reference,
+                "generator_1": "gpt4_1106_preview",
+                "output_2": answer,
+                "generator_2": "ours",
+                "annotator": "weighted_alpaca_eval_gpt4_turbo",
+                "preference": None if index in missing else preference,
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- length control
+
 
 def test_lc_keeps_rows_without_a_preference_aligned_as_alpaca_eval_does(tmp_path, monkeypatch):
     lc_file = tmp_path / "df_gamed.csv"
@@ -109,12 +130,21 @@ def test_lc_with_outputs_for_part_of_the_set_uses_each_instructions_place(tmp_pa
     lc_file = tmp_path / "df_gamed.csv"
     difficulty = synthetic_gamed(lc_file)
     eval_set = tmp_path / "eval.json"
-    eval_set.write_text(json.dumps([{"instruction": f"Task {i}", "output": "r" * (200 + 17 * i),
-                                     "generator": "gpt4_1106_preview"} for i in range(N)]))
+    eval_set.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Task {i}", "output": "r" * (200 + 17 * i), "generator": "gpt4_1106_preview"}
+                for i in range(N)
+            ]
+        )
+    )
     answered = [i for i in range(N) if i % 3 != 1]  # outputs for part of the set
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps([{"instruction": f"Task {i}", "output": "m" * (150 + 31 * (i % 11)),
-                                    "generator": "ours"} for i in answered]))
+    outputs.write_text(
+        json.dumps(
+            [{"instruction": f"Task {i}", "output": "m" * (150 + 31 * (i % 11)), "generator": "ours"} for i in answered]
+        )
+    )
 
     def script(request, seen):  # the model's output wins the easier instructions; Task 5 gets no verdict
         text = request["messages"][-1]["content"]
@@ -126,8 +156,22 @@ def test_lc_with_outputs_for_part_of_the_set_uses_each_instructions_place(tmp_pa
         return Reply(content="m" if first.startswith("m") == model_wins else "M")
 
     with ScriptedOpenAIServer(script) as server:
-        report = eval_cli(tmp_path, "alpaca", "--eval-set", eval_set, "--outputs", outputs, "--judge-base-url",
-                          server.url, "--judge-mode", "discrete", "--lc-data", lc_file, "-o", tmp_path / "r")
+        report = eval_cli(
+            tmp_path,
+            "alpaca",
+            "--eval-set",
+            eval_set,
+            "--outputs",
+            outputs,
+            "--judge-base-url",
+            server.url,
+            "--judge-mode",
+            "discrete",
+            "--lc-data",
+            lc_file,
+            "-o",
+            tmp_path / "r",
+        )
     records = strict_json(tmp_path / "r" / "annotations.json")
     assert len(records) == len(answered) and any(r["preference"] is None for r in records)
     places = [int(r["instruction"].split()[1]) for r in records]
@@ -137,18 +181,29 @@ def test_lc_with_outputs_for_part_of_the_set_uses_each_instructions_place(tmp_pa
     assert report["metrics"]["length_controlled_winrate"] == pytest.approx(expected, abs=1e-9)
     assert any("part of the set" in text for text in report["deviations"])
     # rescoring the saved annotations later gives the same number: the places travel with the rows
-    rescored = eval_cli(tmp_path, "alpaca", "--annotations", tmp_path / "r" / "annotations.json", "--lc-data",
-                        lc_file, "-o", tmp_path / "again")
+    rescored = eval_cli(
+        tmp_path,
+        "alpaca",
+        "--annotations",
+        tmp_path / "r" / "annotations.json",
+        "--lc-data",
+        lc_file,
+        "-o",
+        tmp_path / "again",
+    )
     assert rescored["metrics"]["length_controlled_winrate"] == pytest.approx(expected, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- position bias
 
+
 def test_position_bias_from_alpaca_evals_order_flag_by_hand(tmp_path):
     # (preference, switched): not switched, the reference (output_1) is shown first
     cases = [(2, False), (1, True), (2, True), (1, False), (1.5, False), (2, False), (1.2, True), (None, True)]
-    rows = [{"instruction": f"Task {i}", "output_1": "ref", "output_2": "ours", "preference": p,
-             "is_switched_outputs": s} for i, (p, s) in enumerate(cases)]
+    rows = [
+        {"instruction": f"Task {i}", "output_1": "ref", "output_2": "ours", "preference": p, "is_switched_outputs": s}
+        for i, (p, s) in enumerate(cases)
+    ]
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(rows))
     report = eval_cli(tmp_path, "alpaca", "--annotations", ann, "-o", tmp_path / "r")
@@ -161,14 +216,24 @@ def test_position_bias_from_alpaca_evals_order_flag_by_hand(tmp_path):
 
 
 def test_a_judge_that_always_picks_the_second_output_is_flagged(tmp_path):
-    rows = [{"instruction": f"Task {i}", "output_1": "ref", "output_2": "ours", "preference": 1 if i % 2 else 2,
-             "is_switched_outputs": bool(i % 2)} for i in range(7)]  # always the output shown second
+    rows = [
+        {
+            "instruction": f"Task {i}",
+            "output_1": "ref",
+            "output_2": "ours",
+            "preference": 1 if i % 2 else 2,
+            "is_switched_outputs": bool(i % 2),
+        }
+        for i in range(7)
+    ]  # always the output shown second
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(rows))
     report = eval_cli(tmp_path, "alpaca", "--annotations", ann, "-o", tmp_path / "r")
     assert report["position_bias"]["second"] == 1.0 and report["position_bias"]["degenerate"] is True
-    assert "WARNING: the judge looks degenerate: 100% of its 7 verdicts go to the output shown second" in \
-        (tmp_path / "r" / "report.md").read_text()
+    assert (
+        "WARNING: the judge looks degenerate: 100% of its 7 verdicts go to the output shown second"
+        in (tmp_path / "r" / "report.md").read_text()
+    )
 
 
 def test_every_preference_the_same_is_flagged_even_without_the_order(tmp_path):
@@ -184,8 +249,16 @@ def test_every_preference_the_same_is_flagged_even_without_the_order(tmp_path):
 @needs_shared
 def test_published_annotations_have_no_order_flag(tmp_path):
     results = ALPACA / "results" / "gemma-2b-it"
-    report = eval_cli(tmp_path, "alpaca", "--annotations", results / "weighted_alpaca_eval_gpt4_turbo" /
-                      "annotations.json", "--outputs", results / "model_outputs.json", "-o", tmp_path / "r")
+    report = eval_cli(
+        tmp_path,
+        "alpaca",
+        "--annotations",
+        results / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json",
+        "--outputs",
+        results / "model_outputs.json",
+        "-o",
+        tmp_path / "r",
+    )
     assert report["position_bias"]["known"] is False
     assert report["judge_label"] == "weighted_alpaca_eval_gpt4_turbo"
     result = run_cli("compare", str(tmp_path / "r"), prog="realign-eval", env=env(tmp_path))
@@ -194,13 +267,21 @@ def test_published_annotations_have_no_order_flag(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- judge labels
 
+
 def test_compare_labels_a_discrete_judge(tmp_path):
     folder = tmp_path / "old-report"
     folder.mkdir()
-    (folder / "report.json").write_text(json.dumps({
-        "benchmark": "AlpacaEval 2", "model": {"name": "ours"}, "metrics": {"win_rate": 40.0, "standard_error": 5.0,
-                                                                            "n_total": 10},
-        "settings": {"annotator": "weighted_alpaca_eval_gpt4_turbo"}, "judge": {"model": "judge", "mode": "discrete"}}))
+    (folder / "report.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "AlpacaEval 2",
+                "model": {"name": "ours"},
+                "metrics": {"win_rate": 40.0, "standard_error": 5.0, "n_total": 10},
+                "settings": {"annotator": "weighted_alpaca_eval_gpt4_turbo"},
+                "judge": {"model": "judge", "mode": "discrete"},
+            }
+        )
+    )
     result = run_cli("compare", str(folder), "-o", str(tmp_path / "board"), prog="realign-eval", env=env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert f"| {folder} | weighted_alpaca_eval_gpt4_turbo (discrete: no logprobs) |" in result.stdout
@@ -231,13 +312,17 @@ print(json.dumps({"path": path and str(path), "reason": reason, "lc_seconds": lc
 """
 
 
-@pytest.mark.parametrize("setting", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://no-such-host.invalid"}],
-                         ids=["HF_HUB_OFFLINE", "unresolvable-host"])
+@pytest.mark.parametrize(
+    "setting",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://no-such-host.invalid"}],
+    ids=["HF_HUB_OFFLINE", "unresolvable-host"],
+)
 def test_offline_the_hub_is_not_retried_and_one_line_says_why(tmp_path, setting):
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE"))}
     environment.update({"HF_HOME": str(tmp_path / "hf"), **setting})
-    result = subprocess.run([sys.executable, "-c", OFFLINE_PROBE], capture_output=True, text=True, timeout=300,
-                            cwd=REPO, env=environment)
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_PROBE], capture_output=True, text=True, timeout=300, cwd=REPO, env=environment
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["path"] is None and probe["lc_seconds"] < 3 and probe["eval_seconds"] < 3, probe
@@ -247,6 +332,7 @@ def test_offline_the_hub_is_not_retried_and_one_line_says_why(tmp_path, setting)
 
 
 # ----------------------------------------------------------------------------------------- judging: JSON, name
+
 
 def test_judging_report_is_strict_json_and_names_the_model_by_its_spec(tmp_path):
     eval_set = tmp_path / "eval.json"
@@ -260,9 +346,24 @@ def test_judging_report_is_strict_json_and_names_the_model_by_its_spec(tmp_path)
         return Reply(content="my answer, NaN included")
 
     with ScriptedOpenAIServer(judge) as judge_server, ScriptedOpenAIServer(model) as model_server:
-        report = eval_cli(tmp_path, "alpaca", "--eval-set", eval_set, "--model", "served-model", "--engine", "openai",
-                          "--base-url", model_server.url, "--judge-base-url", judge_server.url, "--judge-mode",
-                          "discrete", "-o", tmp_path / "r")
+        report = eval_cli(
+            tmp_path,
+            "alpaca",
+            "--eval-set",
+            eval_set,
+            "--model",
+            "served-model",
+            "--engine",
+            "openai",
+            "--base-url",
+            model_server.url,
+            "--judge-base-url",
+            judge_server.url,
+            "--judge-mode",
+            "discrete",
+            "-o",
+            tmp_path / "r",
+        )
     assert report["model"]["name"] == "served-model"
     text = (tmp_path / "r" / "report.md").read_text()
     assert "| served-model |" in text and "judge: weighted_alpaca_eval_gpt4_turbo (discrete: no logprobs)" in text

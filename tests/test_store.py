@@ -21,11 +21,15 @@ def write(store, name="demo", rows=6, start=0, **kwargs):
 
 def test_write_creates_an_immutable_version_with_a_full_manifest(tmp_path):
     store = Store(tmp_path / "store")
-    version = write(store, config={"generation": {"temperature": 0.8}}, models={"policy": {"spec": "tiny"}},
-                    inputs={"prompts": {"source": "builtin"}})
+    version = write(
+        store,
+        config={"generation": {"temperature": 0.8}},
+        models={"policy": {"spec": "tiny"}},
+        inputs={"prompts": {"source": "builtin"}},
+    )
     assert version.ref == "demo@v1"
     assert version.path == tmp_path / "store" / "datasets" / "demo" / "v1"
-    manifest = json.loads((version.path / "manifest.json").read_text())
+    manifest = json.loads((version.path / "version.json").read_text())
     assert manifest["num_rows"] == 6 and manifest["rows_by_pair_type"] == {"on_policy": 3, "revision": 3}
     assert manifest["config"] == {"generation": {"temperature": 0.8}}
     assert manifest["models"]["policy"]["spec"] == "tiny"
@@ -43,24 +47,36 @@ def test_shards_rotate_and_rows_round_trip(tmp_path):
     store = Store(tmp_path)
     rows = [pair_row(i) for i in range(25)]
     version = store.write_version("big", [pair_table(rows[:10]), pair_table(rows[10:])], shard_rows=7)
-    assert [f["rows"] for f in version.manifest["files"]] == [7, 7, 7, 4]
+    assert [f["rows"] for f in version.record["files"]] == [7, 7, 7, 4]
     back = [row for f in version.files for row in pq.read_table(f).to_pylist()]
     assert back == rows
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r.pop("margin"), "missing column(s) margin"),
-    (lambda r: r.update(extra=1), "unknown column(s) extra"),
-    (lambda r: r.update(pair_type="sideways"), "row 3: field 'pair_type' is not one of"),
-    (lambda r: r.update(margin=99.0), "row 3: field 'margin' is not chosen_score - rejected_score"),
-    (lambda r: r.update(pair_id="pair-000000"), "row 3: field 'pair_id' 'pair-000000' is not unique"),
-    (lambda r: r.update(chosen=[]), "row 3: field 'chosen' must hold exactly one message"),
-    (lambda r: r.update(rejected=[{"role": "user", "content": "x"}]), "row 3: field 'rejected' must be an assistant"),
-    (lambda r: r.update(prompt=[{"role": "assistant", "content": "x"}]), "row 3: field 'prompt' must end with a user"),
-    (lambda r: r.update(scorer=None), "row 3: field 'scorer' is null"),
-    (lambda r: r.update(chosen_score=float("nan")), "row 3: field 'chosen_score' is not a finite number"),
-    (lambda r: r.update(prompt=[{"role": "user", "content": None}]), "row 3: field 'prompt' has a message with null"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("margin"), "missing column(s) margin"),
+        (lambda r: r.update(extra=1), "unknown column(s) extra"),
+        (lambda r: r.update(pair_type="sideways"), "row 3: field 'pair_type' is not one of"),
+        (lambda r: r.update(margin=99.0), "row 3: field 'margin' is not chosen_score - rejected_score"),
+        (lambda r: r.update(pair_id="pair-000000"), "row 3: field 'pair_id' 'pair-000000' is not unique"),
+        (lambda r: r.update(chosen=[]), "row 3: field 'chosen' must hold exactly one message"),
+        (
+            lambda r: r.update(rejected=[{"role": "user", "content": "x"}]),
+            "row 3: field 'rejected' must be an assistant",
+        ),
+        (
+            lambda r: r.update(prompt=[{"role": "assistant", "content": "x"}]),
+            "row 3: field 'prompt' must end with a user",
+        ),
+        (lambda r: r.update(scorer=None), "row 3: field 'scorer' is null"),
+        (lambda r: r.update(chosen_score=float("nan")), "row 3: field 'chosen_score' is not a finite number"),
+        (
+            lambda r: r.update(prompt=[{"role": "user", "content": None}]),
+            "row 3: field 'prompt' has a message with null",
+        ),
+    ],
+)
 def test_contract_violations_write_nothing(tmp_path, change, message):
     import pyarrow as pa
 
@@ -130,7 +146,7 @@ def test_sigkill_at_any_moment_never_exposes_a_partial_version(tmp_path, delay):
     store = Store(tmp_path)
     for version in store.versions():
         assert store.verify(version.ref) == []
-        assert version.manifest["num_rows"] == 200
+        assert version.record["num_rows"] == 200
     count = store.query("SELECT count(*) FROM pairs")[1][0][0]
     assert count == 200 * len(store.versions())
     assert write(store).version == len(store.versions())
@@ -146,8 +162,9 @@ def test_concurrent_writers_get_distinct_versions(tmp_path):
     assert sorted(refs) == [f"demo@v{i}" for i in range(1, 7)]
     store = Store(tmp_path)
     assert all(store.verify(ref) == [] for ref in refs)
-    assert store.query("SELECT version, count(*) FROM pairs GROUP BY 1 ORDER BY 1")[1] == \
-        [(i, 150) for i in range(1, 7)]
+    assert store.query("SELECT version, count(*) FROM pairs GROUP BY 1 ORDER BY 1")[1] == [
+        (i, 150) for i in range(1, 7)
+    ]
 
 
 def test_catalog_views_and_resync(tmp_path):
@@ -156,8 +173,12 @@ def test_catalog_views_and_resync(tmp_path):
     write(store, "beta", rows=6)
     columns, rows = store.query("SELECT dataset, version, pair_type, count(*) FROM pairs GROUP BY ALL ORDER BY ALL")
     assert columns[:3] == ["dataset", "version", "pair_type"]
-    assert rows == [("alpha", 1, "on_policy", 2), ("alpha", 1, "revision", 2), ("beta", 1, "on_policy", 3),
-                    ("beta", 1, "revision", 3)]
+    assert rows == [
+        ("alpha", 1, "on_policy", 2),
+        ("alpha", 1, "revision", 2),
+        ("beta", 1, "on_policy", 3),
+        ("beta", 1, "revision", 3),
+    ]
     assert store.query("SELECT ref, num_rows FROM versions")[1] == [("alpha@v1", 4), ("beta@v1", 6)]
     (tmp_path / "catalog.duckdb").unlink()  # the filesystem is the source of truth
     assert store.query("SELECT count(*) FROM versions")[1] == [(2,)]
@@ -183,7 +204,7 @@ def test_verify_catches_a_flipped_byte_and_cli_exits_1(tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    assert store.verify("demo@v1") == ["data/shard-00000.parquet: sha256 differs from the manifest"]
+    assert store.verify("demo@v1") == ["data/shard-00000.parquet: sha256 differs from the record"]
     result = run_cli("verify", "demo@v1", "--store", str(tmp_path))
     assert result.returncode == 1
     assert "sha256 differs" in result.stderr
@@ -194,18 +215,20 @@ def test_verify_reports_extra_and_missing_files(tmp_path):
     version = store.write_version("demo", [pair_table([pair_row(i) for i in range(20)])], shard_rows=10)
     (version.path / "data" / "stray.parquet").write_bytes(b"x")
     version.files[1].unlink()
-    assert store.verify("demo@v1") == ["data/shard-00001.parquet: missing",
-                                       "data/stray.parquet: not listed in the manifest"]
+    assert store.verify("demo@v1") == [
+        "data/shard-00001.parquet: missing",
+        "data/stray.parquet: not listed in the record",
+    ]
 
 
-def test_verify_notices_a_manifest_edited_after_the_fact(tmp_path):
+def test_verify_notices_a_version_record_edited_after_the_fact(tmp_path):
     store = Store(tmp_path)
     version = write(store)
-    manifest = json.loads((version.path / "manifest.json").read_text())
+    manifest = json.loads((version.path / "version.json").read_text())
     manifest["num_rows"] = 1000
-    (version.path / "manifest.json").write_text(json.dumps(manifest))
+    (version.path / "version.json").write_text(json.dumps(manifest))
     write(store)  # rebuilding the catalog keeps the sha256 recorded when v1 was written
-    assert store.verify("demo@v1") == ["manifest.json: changed since the version was catalogued"]
+    assert store.verify("demo@v1") == ["version.json: changed since the version was catalogued"]
     assert store.verify("demo@v2") == []
 
 
@@ -216,7 +239,7 @@ def test_export_jsonl_and_parquet(tmp_path):
     jsonl = store.export("demo@v1", "jsonl", out)
     assert [json.loads(line) for line in jsonl.read_text().splitlines()] == [pair_row(i) for i in range(5)]
     folder = store.export("demo@v1", "parquet", out)
-    assert (folder / "manifest.json").exists()
+    assert (folder / "version.json").exists()
     assert pq.read_table(folder / "data").num_rows == 5
     with pytest.raises(Exception, match="already exists"):
         store.export("demo@v1", "jsonl", out)
@@ -236,8 +259,14 @@ def test_cli_list_show_query_export(tmp_path):
     assert by_type["on_policy"]["margin_q"] == pytest.approx(list(np.quantile(margins, [0, 0.25, 0.5, 0.75, 1])))
     table = run_cli("show", "demo@v1", *args, check=True).stdout
     assert "on_policy" in table and "revision" in table
-    csv_out = run_cli("query", "SELECT pair_type, count(*) AS n FROM pairs GROUP BY 1 ORDER BY 1", *args,
-                      "--format", "csv", check=True).stdout
+    csv_out = run_cli(
+        "query",
+        "SELECT pair_type, count(*) AS n FROM pairs GROUP BY 1 ORDER BY 1",
+        *args,
+        "--format",
+        "csv",
+        check=True,
+    ).stdout
     assert csv_out.splitlines() == ["pair_type,n", "on_policy,4", "revision,4"]
     refused = run_cli("query", "DELETE FROM catalog_versions", *args)
     assert refused.returncode == 2 and "DELETE statements are refused" in refused.stderr
@@ -245,3 +274,25 @@ def test_cli_list_show_query_export(tmp_path):
     assert missing.returncode == 2 and "no dataset 'nope'" in missing.stderr
     exported = run_cli("export", "demo@v1", "--format", "jsonl", "--out", str(tmp_path / "x"), *args, check=True)
     assert (tmp_path / "x" / "demo-v1.jsonl").exists() and "wrote" in exported.stdout
+
+
+def test_a_store_written_before_the_rename_still_reads(tmp_path):
+    """Stores from realign 0.1 keep each record as manifest.json and a catalog column manifest_sha256: listed,
+    read, verified (an edited record is still noticed) and catalogued; new versions get version.json."""
+    import duckdb
+
+    store = Store(tmp_path)
+    old = write(store)
+    (old.path / "version.json").rename(old.path / "manifest.json")
+    with duckdb.connect(str(store.catalog_path)) as con:
+        con.execute("ALTER TABLE catalog_versions RENAME COLUMN record_sha256 TO manifest_sha256")
+    reopened = Store(tmp_path)
+    version = reopened.resolve("demo@v1")
+    assert version.record_path.name == "manifest.json" and version.record["num_rows"] == 6
+    assert reopened.verify("demo@v1") == []
+    assert reopened.catalog_state(reopened.versions()) == "current"
+    assert reopened.query("SELECT count(*) FROM pairs")[1] == [(6,)]
+    edited = json.loads((old.path / "manifest.json").read_text()) | {"num_rows": 1000}
+    (old.path / "manifest.json").write_text(json.dumps(edited))
+    assert Store(tmp_path).verify("demo@v1") == ["manifest.json: changed since the version was catalogued"]
+    assert write(reopened).ref == "demo@v2" and (reopened.resolve("demo@v2").path / "version.json").exists()

@@ -18,9 +18,18 @@ def test_stored_version_trains_one_dpo_step_without_conversion(tmp_path, tiny_mo
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    args = DPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
-                     learning_rate=1e-3, bf16=False, use_cpu=True, report_to=[], save_strategy="no",
-                     logging_steps=1, max_length=128)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_length=128,
+    )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     assert result.global_step == 1

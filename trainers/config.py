@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from realign_data.config import ModelConfig, StrictModel
+from realign_data.schema import PairType
 
-PairType = Literal["on_policy", "revision", "revision_direct", "reviser_train"]
 LossType = Literal["sigmoid", "ipo", "apo_zero", "sigmoid_norm", "simpo"]
 
 
@@ -70,13 +70,17 @@ class TrainConfig(StrictModel):
 class ReviserTrainConfig(TrainConfig):
     """The reviser learns to turn (instruction, draft) into a better response: DPO on reviser_train pairs."""
 
-    pair_types: list[PairType] = Field(default_factory=lambda: ["reviser_train"])
+    pair_types: list[PairType] = Field(default_factory=lambda: list[PairType](["reviser_train"]))
     sft_warmup: SFTWarmup = Field(default_factory=SFTWarmup)
 
 
 class PolicyTrainConfig(TrainConfig):
     """The policy: DPO on on-policy pairs plus reviser-enhanced (structured revision) pairs."""
 
-    pair_types: list[PairType] = Field(default_factory=lambda: ["on_policy", "revision"])
-    revision_weight: float = Field(1.0, ge=0, description="lambda: acts by sampling proportion; each revision "
-                                   "pair appears lambda times per epoch in expectation (0 drops them)")
+    pair_types: list[PairType] = Field(default_factory=lambda: list[PairType](["on_policy", "revision"]))
+    revision_weight: float = Field(
+        1.0,
+        ge=0,
+        description="lambda: acts by sampling proportion; each revision "
+        "pair appears lambda times per epoch in expectation (0 drops them)",
+    )

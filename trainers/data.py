@@ -6,6 +6,7 @@ import hashlib
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pyarrow.parquet as pq
 from trl.data_utils import common_prefix_length
 
 from realign_data.errors import InputError
-from realign_data.models import chat_template_sha256, prompt_token_ids, sha256_file, token_ids_sha256
+from realign_data.files import sha256_file
+from realign_data.models import chat_template_sha256, prompt_token_ids, token_ids_sha256
 from realign_data.schema import PAIR_TYPES
 from realign_data.store import Store
 from trainers.config import DatasetInput
@@ -27,21 +29,27 @@ def _files_of(ref: str, store: Store) -> tuple[list[Path], dict[str, Any]]:
     """The Parquet/JSONL files behind a reference and their provenance."""
     path = Path(ref).expanduser()
     if path.exists():
-        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*"))
-                       if p.suffix in (".parquet", ".jsonl"))
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.suffix in (".parquet", ".jsonl"))
         if not files:
             raise InputError(f"{ref}: no .parquet or .jsonl files")
         return files, {"ref": ref, "files": {str(f): sha256_file(f) for f in files}}
     version = store.resolve(ref)
-    return version.files, {"ref": version.ref, "manifest_sha256": sha256_file(version.path / "manifest.json"),
-                           "files": {f["path"]: f["sha256"] for f in version.manifest["files"]},
-                           "models": version.manifest.get("models", {})}
+    return version.files, {
+        "ref": version.ref,
+        "record_sha256": sha256_file(version.record_path),
+        "files": {f["path"]: f["sha256"] for f in version.record["files"]},
+        "models": version.record.get("models", {}),
+    }
 
 
 def _load(files: list[Path], ref: str) -> datasets.Dataset:
     kind = "parquet" if files[0].suffix == ".parquet" else "json"
-    if kind == "parquet" and sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0 or \
-            kind == "json" and not any(f.read_bytes().strip() for f in files):
+    if (
+        kind == "parquet"
+        and sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0
+        or kind == "json"
+        and not any(f.read_bytes().strip() for f in files)
+    ):
         raise InputError(f"{ref}: no rows")
     try:
         return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
@@ -67,16 +75,21 @@ def held_out_prompts(prompt_ids: list[str], fraction: float, seed: int) -> set[s
     prompts = sorted(set(prompt_ids), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
     if len(prompts) < 2:
         raise InputError(f"held-out split needs at least 2 prompts, found {len(prompts)}; set eval_fraction=0")
-    return set(prompts[:min(len(prompts) - 1, max(1, round(fraction * len(prompts))))])
+    return set(prompts[: min(len(prompts) - 1, max(1, round(fraction * len(prompts))))])
 
 
 def _rows_where(dataset: datasets.Dataset, held: set[str], inside: bool) -> datasets.Dataset:
     return dataset.select([i for i, p in enumerate(dataset["prompt_id"]) if (p in held) == inside])
 
 
-def load_training_pairs(inputs: list[DatasetInput], pair_types: list[str], store: Store, seed: int,
-                        eval_fraction: float = 0.0, type_weights: dict[str, float] | None = None) \
-        -> tuple[datasets.Dataset, datasets.Dataset | None, list[dict]]:
+def load_training_pairs(
+    inputs: list[DatasetInput],
+    pair_types: Sequence[str],
+    store: Store,
+    seed: int,
+    eval_fraction: float = 0.0,
+    type_weights: dict[str, float] | None = None,
+) -> tuple[datasets.Dataset, datasets.Dataset | None, list[dict]]:
     """The inputs' rows of ``pair_types``, split by prompt into (train, held-out), and their provenance.
 
     The split comes first, over every pair as stored: the held-out set is the same for any input weight or
@@ -91,8 +104,9 @@ def load_training_pairs(inputs: list[DatasetInput], pair_types: list[str], store
         data = _load(files, item.ref)
         missing = [c for c in REQUIRED if c not in data.column_names]
         if missing:
-            raise InputError(f"{item.ref}: missing column(s) {', '.join(missing)}; a pair dataset needs "
-                             f"{', '.join(REQUIRED)}")
+            raise InputError(
+                f"{item.ref}: missing column(s) {', '.join(missing)}; a pair dataset needs {', '.join(REQUIRED)}"
+            )
         if len(data) == 0:
             raise InputError(f"{item.ref}: no rows")
         counts = Counter(data["pair_type"])
@@ -133,18 +147,21 @@ def truncation_report(data: datasets.Dataset, tokenizer, max_length: int) -> dic
     shortest = None
     for row in data:
         prompt = prompt_token_ids(tokenizer, row["prompt"])
-        whole = [tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)["input_ids"]
-                 for side in ("chosen", "rejected")]
+        whole = [
+            tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)["input_ids"]
+            for side in ("chosen", "rejected")
+        ]
         kept = min(common_prefix_length(prompt, ids) for ids in whole)
         shortest = kept if shortest is None else min(shortest, kept)
         cut += kept < len(prompt)
         fully += kept >= max_length
         partly += kept < max_length < max(len(ids) for ids in whole)
     if data.num_rows and fully == data.num_rows:
-        raise InputError(f"every training prompt is at least max_length={max_length} tokens (shortest: {shortest});"
-                         " raise max_length, or the responses would be cut away entirely")
-    return {"pairs": data.num_rows, "prompt_over_max_length": fully, "response_truncated": partly,
-            "prompt_cut": cut}
+        raise InputError(
+            f"every training prompt is at least max_length={max_length} tokens (shortest: {shortest});"
+            " raise max_length, or the responses would be cut away entirely"
+        )
+    return {"pairs": data.num_rows, "prompt_over_max_length": fully, "response_truncated": partly, "prompt_cut": cut}
 
 
 def prompt_rendering_check(inputs: list[dict], tokenizer) -> list[dict[str, Any]]:
@@ -160,16 +177,25 @@ def prompt_rendering_check(inputs: list[dict], tokenizer) -> list[dict[str, Any]
         ids = prompt_token_ids(tokenizer, probe["messages"])
         same = None if probe["token_ids_sha256"] is None else token_ids_sha256(ids) == probe["token_ids_sha256"]
         template = record["chat_template_sha256"]
-        check = {"ref": info["ref"], "engine": record["engine"], "rendered_by": record["rendered_by"],
-                 "probe_prompt_id": probe["prompt_id"], "same_prompt_tokens": same,
-                 "same_chat_template": None if template is None else template == chat_template_sha256(tokenizer)}
+        check = {
+            "ref": info["ref"],
+            "engine": record["engine"],
+            "rendered_by": record["rendered_by"],
+            "probe_prompt_id": probe["prompt_id"],
+            "same_prompt_tokens": same,
+            "same_chat_template": None if template is None else template == chat_template_sha256(tokenizer),
+        }
         if same is None:
-            check["warning"] = (f"{info['ref']}: cannot check that training sees the prompt tokens the policy was "
-                                f"sampled with: {record.get('note', 'no probe tokens recorded')}")
+            check["warning"] = (
+                f"{info['ref']}: cannot check that training sees the prompt tokens the policy was "
+                f"sampled with: {record.get('note', 'no probe tokens recorded')}"
+            )
         elif not same:
-            check["warning"] = (f"{info['ref']}: the training tokenizer renders prompts into other tokens than the "
-                                f"policy was sampled with ({record['rendered_by']}; probe prompt "
-                                f"{probe['prompt_id'][:12]}: {probe['tokens']} tokens then, {len(ids)} now); its "
-                                "on-policy pairs are not on-policy for this model")
+            check["warning"] = (
+                f"{info['ref']}: the training tokenizer renders prompts into other tokens than the "
+                f"policy was sampled with ({record['rendered_by']}; probe prompt "
+                f"{probe['prompt_id'][:12]}: {probe['tokens']} tokens then, {len(ids)} now); its "
+                "on-policy pairs are not on-policy for this model"
+            )
         checks.append(check)
     return checks

@@ -1,7 +1,7 @@
 """The whole ReAlign loop as one recipe: reviser data -> reviser -> policy data (with that reviser) -> policy.
 
 Each step is skipped when its result already exists with the same effective config: a dataset version whose
-stored config matches, or a trained model whose training manifest records the same config and inputs.
+stored config matches, or a trained model whose training record holds the same config and inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from realign_data.build import Build
 from realign_data.config import BuildConfig, ModelConfig, StrictModel, config_to_dict
 from realign_data.store import Store
 from trainers.config import DatasetInput, PolicyTrainConfig, ReviserTrainConfig
-from trainers.report import read_manifest_if_any
+from trainers.report import read_training_record
 
 
 class RecipeConfig(StrictModel):
@@ -28,7 +28,7 @@ class RecipeConfig(StrictModel):
 
 def _existing_version(store: Store, config: BuildConfig) -> str | None:
     wanted = config_to_dict(config)
-    matches = [v for v in store.versions(config.dataset) if v.manifest["config"] == wanted]
+    matches = [v for v in store.versions(config.dataset) if v.record["config"] == wanted]
     return matches[-1].ref if matches else None
 
 
@@ -40,10 +40,10 @@ def _build(store: Store, config: BuildConfig, progress) -> tuple[str, str]:
 
 
 def _train(store: Store, config, resume: bool, train: Callable) -> tuple[str, str]:
-    manifest = read_manifest_if_any(Path(config.output_dir))
-    if manifest is not None and manifest["config"] == config_to_dict(config):
+    record = read_training_record(Path(config.output_dir))
+    if record is not None and record["config"] == config_to_dict(config):
         return config.output_dir, "skipped (already trained)"
-    train(config, store, resume=resume or manifest is None and Path(config.output_dir).exists())
+    train(config, store, resume=resume or record is None and Path(config.output_dir).exists())
     return config.output_dir, "trained"
 
 

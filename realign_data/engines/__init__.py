@@ -5,13 +5,24 @@
 - ``vllm``: in-process ``vllm.LLM`` (optional extra, CUDA only).
 """
 
+import logging
+
 from realign_data.engines.base import Completion, Engine, GenerationRequest, GenerationResult, SamplingParams
+from realign_data.provenance import strip_url_credentials
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "create_engine"]
 
 
 def create_engine(config, model_config):
     """Build the engine ``config.kind`` for the model in ``model_config`` (see realign_data.config)."""
+    log.info(
+        "engine %s for %s%s",
+        config.kind,
+        strip_url_credentials(model_config.spec),
+        f" at {', '.join(strip_url_credentials(url) for url in config.base_urls)}" if config.base_urls else "",
+    )
     if config.kind == "hf":
         from realign_data.engines.hf import HFEngine
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+
+
+def row_seed(seed: int, request_id: str, sample: int) -> int:
+    """The seed of sample ``sample`` of request ``request_id``: every engine seeds each sample from it, so what a
+    request gets does not depend on its batch, its replica or a restart."""
+    digest = hashlib.sha256(f"{seed}\0{request_id}\0{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def model_identity(engine_kind: str, spec: str, fingerprint: Callable[[], str]) -> str:
+    """What produced a text, as recorded in provenance: the served model's name for a server (its weights are not
+    ours to hash), else the spec and the fingerprint of the weights."""
+    return f"openai:{spec}" if engine_kind == "openai" else f"{spec}@{fingerprint()}"
 
 
 @dataclass(frozen=True)
@@ -74,5 +88,6 @@ class Engine(Protocol):
     model_id: str  # what produced the text, for provenance (spec and fingerprint, or served model name)
     stats: Counter  # calls, failures and ``retry:<reason>`` counts, for the reports (empty where nothing retries)
 
-    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
-            -> Iterator[GenerationResult]: ...
+    def generate(
+        self, requests: list[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[GenerationResult]: ...

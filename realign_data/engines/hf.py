@@ -12,11 +12,11 @@ so that hf, vllm and openai engines agree for the same model. A batch holds requ
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import astuple, replace
+from typing import cast
 
 import torch
 from transformers import (
@@ -36,6 +36,8 @@ from realign_data.engines.base import (
     Progress,
     SamplingParams,
     TokenLogprob,
+    model_identity,
+    row_seed,
 )
 from realign_data.models import (
     ResolvedModel,
@@ -45,11 +47,6 @@ from realign_data.models import (
     prompt_token_ids,
     resolve_model,
 )
-
-
-def row_seed(seed: int, request_id: str, sample: int) -> int:
-    digest = hashlib.sha256(f"{seed}\0{request_id}\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class SeededGumbelNoise(LogitsProcessor):
@@ -73,7 +70,7 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, "causal_lm", dtype=dtype, device=self.device)
         self.batch_size = batch_size
-        self.model_id = f"{model.spec}@{model.fingerprint()}"
+        self.model_id = model_identity("hf", model.spec, model.fingerprint)
         self.stats: Counter = Counter()  # in-process: nothing is retried
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
@@ -83,15 +80,15 @@ class HFEngine:
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> HFEngine:
-        return cls(resolve_model(model_config.spec), engine_config.batch_size, model_config.dtype,
-                   model_config.device)
+        return cls(resolve_model(model_config.spec), engine_config.batch_size, model_config.dtype, model_config.device)
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """The very prompt ids TRL's DPOTrainer trains the policy on (tests/test_on_policy_fidelity.py)."""
         return prompt_token_ids(self.tokenizer, messages)
 
-    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
-            -> Iterator[GenerationResult]:
+    def generate(
+        self, requests: list[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[GenerationResult]:
         rows = []  # one row per (request, sample): (group key, length, request, sample index, input ids)
         for request in requests:
             ids = self.encode(request.messages)
@@ -99,11 +96,14 @@ class HFEngine:
             rows += [(group, len(ids), request, sample, ids) for sample in range(request.params.n)]
         rows.sort(key=lambda row: (row[0], row[1], row[2].request_id, row[3]))
         batches = []
-        for _, grouped in itertools.groupby(rows, key=lambda row: row[0]):
-            grouped = list(grouped)
-            batches += [grouped[start:start + self.batch_size] for start in range(0, len(grouped), self.batch_size)]
+        for _, members in itertools.groupby(rows, key=lambda row: row[0]):
+            grouped = list(members)
+            batches += [grouped[start : start + self.batch_size] for start in range(0, len(grouped), self.batch_size)]
         pending = {r.request_id: r.params.n for r in requests}
-        results = {r.request_id: GenerationResult(r.request_id, [None] * r.params.n) for r in requests}
+        # placeholders: every slot holds its completion before the result is yielded (pending reaches 0)
+        results = {
+            r.request_id: GenerationResult(r.request_id, cast(list[Completion], [None] * r.params.n)) for r in requests
+        }
         for batch in batches:
             for (_, _, request, sample, _), completion in zip(batch, self._generate_batch(batch), strict=True):
                 results[request.request_id].completions[sample] = completion
@@ -119,8 +119,7 @@ class HFEngine:
         width = max(row[1] for row in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(row[4])) + row[4] for row in batch], device=self.device)
-        attention = torch.tensor([[0] * (width - len(row[4])) + [1] * len(row[4]) for row in batch],
-                                 device=self.device)
+        attention = torch.tensor([[0] * (width - len(row[4])) + [1] * len(row[4]) for row in batch], device=self.device)
         # generate() applies the repetition penalty first (ignoring the padding), then these, in vLLM's order
         processors = LogitsProcessorList()
         if params.temperature > 0:
@@ -131,21 +130,38 @@ class HFEngine:
                 processors.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1:
                 processors.append(TopPLogitsWarper(params.top_p))
-            processors.append(SeededGumbelNoise([row_seed(row[2].params.seed, row[2].request_id, row[3])
-                                                 for row in batch]))
-        config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, pad_token_id=pad,
-                                  eos_token_id=sorted(self.eos_ids), stop_strings=list(params.stop) or None,
-                                  repetition_penalty=float(params.repetition_penalty),
-                                  return_dict_in_generate=True, output_logits=params.top_logprobs > 0)
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                     logits_processor=processors, tokenizer=self.tokenizer)
+            processors.append(
+                SeededGumbelNoise([row_seed(row[2].params.seed, row[2].request_id, row[3]) for row in batch])
+            )
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=sorted(self.eos_ids),
+            stop_strings=list(params.stop) or None,
+            repetition_penalty=float(params.repetition_penalty),
+            return_dict_in_generate=True,
+            output_logits=params.top_logprobs > 0,
+        )
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            generation_config=config,
+            logits_processor=processors,
+            tokenizer=self.tokenizer,
+        )
         completions = []
         for index, (row, tokens) in enumerate(zip(batch, output.sequences[:, width:].tolist(), strict=True)):
             ended = next((i for i, token in enumerate(tokens) if token in self.eos_ids), None)
             kept = tokens[:ended] if ended is not None else tokens
-            generated = tokens[:len(kept) + (ended is not None)]
-            logprobs = self._token_logprobs(generated, torch.stack([step[index] for step in output.logits]),
-                                            params.top_logprobs) if params.top_logprobs > 0 else None
+            generated = tokens[: len(kept) + (ended is not None)]
+            logprobs = (
+                self._token_logprobs(
+                    generated, torch.stack([step[index] for step in output.logits]), params.top_logprobs
+                )
+                if params.top_logprobs > 0
+                else None
+            )
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
             if stop_at >= 0:
@@ -157,7 +173,7 @@ class HFEngine:
     def _token_logprobs(self, tokens: list[int], logits: torch.Tensor, k: int) -> tuple[TokenLogprob, ...]:
         """Per generated token (the EOS included): log-probabilities under the raw logits (one row per step),
         before any penalty, temperature or filter."""
-        logprobs = torch.log_softmax(logits[:len(tokens)].float(), dim=-1)
+        logprobs = torch.log_softmax(logits[: len(tokens)].float(), dim=-1)
         chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
         top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
         decode = self.tokenizer.decode

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import queue
 import random
@@ -32,12 +33,21 @@ from realign_data.engines.base import (
     Progress,
     SamplingParams,
     TokenLogprob,
+    model_identity,
+    row_seed,
 )
-from realign_data.engines.hf import row_seed
 from realign_data.errors import InputError
 
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError,
-             openai.APIResponseValidationError, json.JSONDecodeError)
+log = logging.getLogger(__name__)
+
+RETRYABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    openai.APIResponseValidationError,
+    json.JSONDecodeError,
+)
 BACKOFF_CAP_S = 30.0
 
 
@@ -46,9 +56,16 @@ class MalformedResponse(Exception):
 
 
 class OpenAIEngine:
-    def __init__(self, model: str, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, max_retries: int = 5, timeout_s: float = 120.0,
-                 retry_backoff_s: float = 0.5):
+    def __init__(
+        self,
+        model: str,
+        base_urls: list[str],
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        retry_backoff_s: float = 0.5,
+    ):
         if not base_urls:
             raise InputError(NO_BASE_URLS)
         self.model = model
@@ -58,16 +75,24 @@ class OpenAIEngine:
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.retry_backoff_s = retry_backoff_s
-        self.model_id = f"openai:{model}"
+        self.model_id = model_identity("openai", model, str)
         self.stats: Counter = Counter()
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> OpenAIEngine:
-        return cls(model_config.spec, engine_config.base_urls, engine_config.api_key_env, engine_config.concurrency,
-                   engine_config.max_retries, engine_config.timeout_s, engine_config.retry_backoff_s)
+        return cls(
+            model_config.spec,
+            engine_config.base_urls,
+            engine_config.api_key_env,
+            engine_config.concurrency,
+            engine_config.max_retries,
+            engine_config.timeout_s,
+            engine_config.retry_backoff_s,
+        )
 
-    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
-            -> Iterator[GenerationResult]:
+    def generate(
+        self, requests: list[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[GenerationResult]:
         """Run the requests on a private event loop in a thread; yield each result as soon as it is done."""
         results: queue.Queue = queue.Queue()
         done = object()
@@ -87,8 +112,10 @@ class OpenAIEngine:
         worker.join()
 
     async def _run_all(self, requests: list[GenerationRequest], results: queue.Queue) -> None:
-        clients = [openai.AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
-                   for url in self.base_urls]
+        clients = [
+            openai.AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
+            for url in self.base_urls
+        ]
         rotation = itertools.cycle(clients)
         limit = asyncio.Semaphore(self.concurrency)
 
@@ -114,21 +141,37 @@ class OpenAIEngine:
         while len(completions) < params.n:
             wanted = params.n - len(completions)
             try:
-                completions += await self._call(next(rotation), request, wanted,
-                                                row_seed(params.seed, request.request_id, len(completions)))
+                completions += await self._call(
+                    next(rotation), request, wanted, row_seed(params.seed, request.request_id, len(completions))
+                )
                 self.stats["calls"] += 1
             except (*RETRYABLE, MalformedResponse) as exc:
                 self.stats[f"retry:{type(exc).__name__}"] += 1
                 attempt += 1
                 if attempt > self.max_retries:
                     self.stats["failed"] += 1
+                    log.info(
+                        "request %s failed after %d retries: %s",
+                        request.request_id,
+                        self.max_retries,
+                        type(exc).__name__,
+                    )
                     return GenerationResult(request.request_id, completions, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(self._backoff(attempt, exc))
+                delay = self._backoff(attempt, exc)
+                log.info(
+                    "request %s: %s, retry %d of %d in %.2f s",
+                    request.request_id,
+                    type(exc).__name__,
+                    attempt,
+                    self.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
             except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
                 self.stats["failed"] += 1
-                return GenerationResult(request.request_id, completions,
-                                        error=f"HTTP {exc.status_code}: {exc.message}")
-        return GenerationResult(request.request_id, completions[:params.n])
+                log.info("request %s refused by the server (HTTP %s), not retried", request.request_id, exc.status_code)
+                return GenerationResult(request.request_id, completions, error=f"HTTP {exc.status_code}: {exc.message}")
+        return GenerationResult(request.request_id, completions[: params.n])
 
     def _backoff(self, attempt: int, exc: Exception) -> float:
         """Full-jitter exponential backoff, never shorter than a server's Retry-After."""
@@ -139,14 +182,23 @@ class OpenAIEngine:
             delay = max(delay, min(BACKOFF_CAP_S, float(retry_after)))
         return delay
 
-    async def _call(self, client: openai.AsyncOpenAI, request: GenerationRequest, n: int, seed: int) \
-            -> list[Completion]:
+    async def _call(
+        self, client: openai.AsyncOpenAI, request: GenerationRequest, n: int, seed: int
+    ) -> list[Completion]:
         params = request.params
         logprob_fields = {"logprobs": True, "top_logprobs": params.top_logprobs} if params.top_logprobs > 0 else {}
         response = await client.chat.completions.create(
-            model=self.model, messages=request.messages, n=n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None,
-            extra_body=server_sampling_fields(params) or None, **logprob_fields)
+            model=self.model,
+            messages=request.messages,
+            n=n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=seed,
+            stop=list(params.stop) or None,
+            extra_body=server_sampling_fields(params) or None,
+            **logprob_fields,
+        )
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise MalformedResponse("no choices in the response body")
@@ -160,25 +212,43 @@ class OpenAIEngine:
                 raise MalformedResponse("a choice has no message content")
             finish = "length" if getattr(choice, "finish_reason", None) == "length" else "stop"
             tokens = getattr(getattr(choice, "logprobs", None), "content", None) if logprob_fields else None
-            completions.append(Completion(content.strip(), prompt_tokens, completion_tokens, finish,
-                                          parse_logprobs(tokens, params.top_logprobs) if tokens else None))
+            completions.append(
+                Completion(
+                    content.strip(),
+                    prompt_tokens,
+                    completion_tokens,
+                    finish,
+                    parse_logprobs(tokens, params.top_logprobs) if tokens else None,
+                )
+            )
         return completions
 
 
 def server_sampling_fields(params: SamplingParams) -> dict:
     """The sampling knobs outside the OpenAI API, for vLLM/SGLang servers; only those switched on."""
     off = SamplingParams()
-    return {name: getattr(params, name) for name in ("top_k", "min_p", "repetition_penalty")
-            if getattr(params, name) != getattr(off, name)}
+    return {
+        name: getattr(params, name)
+        for name in ("top_k", "min_p", "repetition_penalty")
+        if getattr(params, name) != getattr(off, name)
+    }
 
 
 def parse_logprobs(tokens: list, k: int) -> tuple[TokenLogprob, ...]:
     """``choice.logprobs.content`` as TokenLogprob entries (k alternatives, likeliest first); a malformed entry
     makes the body malformed."""
     try:
-        return tuple(TokenLogprob(entry.token, float(entry.logprob),
-                                  tuple(sorted(((alt.token, float(alt.logprob)) for alt in entry.top_logprobs or ()),
-                                               key=lambda alt: -alt[1])[:k]))
-                     for entry in tokens)
+        return tuple(
+            TokenLogprob(
+                entry.token,
+                float(entry.logprob),
+                tuple(
+                    sorted(
+                        ((alt.token, float(alt.logprob)) for alt in entry.top_logprobs or ()), key=lambda alt: -alt[1]
+                    )[:k]
+                ),
+            )
+            for entry in tokens
+        )
     except (AttributeError, TypeError, ValueError) as exc:
         raise MalformedResponse(f"unusable logprobs in a choice: {exc}") from None

@@ -8,47 +8,84 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from realign_data.engines.base import Completion, GenerationRequest, GenerationResult, Progress, TokenLogprob
-from realign_data.engines.hf import row_seed
+from realign_data.engines.base import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    TokenLogprob,
+    model_identity,
+    row_seed,
+)
 from realign_data.errors import RealignError
 from realign_data.models import ResolvedModel, resolve_model
 
 
 class VLLMEngine:
-    def __init__(self, model: ResolvedModel, tensor_parallel_size: int = 1, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.5):
+    def __init__(
+        self,
+        model: ResolvedModel,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+    ):
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise RealignError(f"engine.kind=vllm needs the vllm extra on a CUDA machine "
-                               f"(pip install 'realign-toolkit[vllm]'): {exc}") from None
-        self.llm = LLM(model=str(model.path), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                       gpu_memory_utilization=gpu_memory_utilization)
-        self.model_id = f"{model.spec}@{model.fingerprint()}"
+            raise RealignError(
+                f"engine.kind=vllm needs the vllm extra on a CUDA machine (pip install 'realign-toolkit[vllm]'): {exc}"
+            ) from None
+        self.llm = LLM(
+            model=str(model.path),
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        self.model_id = model_identity("vllm", model.spec, model.fingerprint)
         self.stats: Counter = Counter()  # in-process: nothing is retried
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> VLLMEngine:
-        return cls(resolve_model(model_config.spec), engine_config.tensor_parallel_size, model_config.dtype,
-                   engine_config.gpu_memory_utilization)
+        return cls(
+            resolve_model(model_config.spec),
+            engine_config.tensor_parallel_size,
+            model_config.dtype,
+            engine_config.gpu_memory_utilization,
+        )
 
-    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) \
-            -> Iterator[GenerationResult]:
+    def generate(
+        self, requests: list[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[GenerationResult]:
         from vllm import SamplingParams as VLLMSampling
 
-        sampling = [VLLMSampling(n=r.params.n, temperature=r.params.temperature, top_p=r.params.top_p,
-                                 top_k=r.params.top_k or -1, min_p=r.params.min_p,
-                                 repetition_penalty=r.params.repetition_penalty,
-                                 max_tokens=r.params.max_new_tokens, stop=list(r.params.stop) or None,
-                                 logprobs=r.params.top_logprobs or None,
-                                 seed=row_seed(r.params.seed, r.request_id, 0)) for r in requests]
+        sampling = [
+            VLLMSampling(
+                n=r.params.n,
+                temperature=r.params.temperature,
+                top_p=r.params.top_p,
+                top_k=r.params.top_k or -1,
+                min_p=r.params.min_p,
+                repetition_penalty=r.params.repetition_penalty,
+                max_tokens=r.params.max_new_tokens,
+                stop=list(r.params.stop) or None,
+                logprobs=r.params.top_logprobs or None,
+                seed=row_seed(r.params.seed, r.request_id, 0),
+            )
+            for r in requests
+        ]
         outputs = self.llm.chat([r.messages for r in requests], sampling, use_tqdm=False)
         for request, output in zip(requests, outputs, strict=True):
             k = request.params.top_logprobs
-            completions = [Completion(c.text.strip(), len(output.prompt_token_ids), len(c.token_ids),
-                                      "length" if c.finish_reason == "length" else "stop",
-                                      token_logprobs(c.token_ids, c.logprobs, k) if k and c.logprobs else None)
-                           for c in output.outputs]
+            completions = [
+                Completion(
+                    c.text.strip(),
+                    len(output.prompt_token_ids),
+                    len(c.token_ids),
+                    "length" if c.finish_reason == "length" else "stop",
+                    token_logprobs(c.token_ids, c.logprobs, k) if k and c.logprobs else None,
+                )
+                for c in output.outputs
+            ]
             if progress:
                 progress(1)
             yield GenerationResult(request.request_id, completions)
@@ -59,6 +96,9 @@ def token_logprobs(token_ids, steps, k: int) -> tuple[TokenLogprob, ...]:
     entries = []
     for token, step in zip(token_ids, steps, strict=True):
         top = sorted(step.values(), key=lambda logprob: logprob.rank)[:k]
-        entries.append(TokenLogprob(step[token].decoded_token, step[token].logprob,
-                                    tuple((alt.decoded_token, alt.logprob) for alt in top)))
+        entries.append(
+            TokenLogprob(
+                step[token].decoded_token, step[token].logprob, tuple((alt.decoded_token, alt.logprob) for alt in top)
+            )
+        )
     return tuple(entries)
