@@ -531,7 +531,12 @@ class Build:
                 self.revision_params().as_dict(),
             )
             rows, result.dropped = build_pairs(
-                result.results, self.config.pairs.types, self.config.pairs.min_margin, self.revision_template, origin
+                result.results,
+                self.config.pairs.types,
+                self.config.pairs.min_margin,
+                self.revision_template,
+                origin,
+                self.config.pairs.revision_checks,
             )
             result.rows, result.mix = mix_pairs(rows, self.config.pairs.mix, self.config.pairs.seed)
         return result

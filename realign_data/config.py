@@ -119,11 +119,32 @@ class RevisionConfig(StrictModel):
     max_new_tokens: int | None = Field(None, ge=1, description="default: generation.max_new_tokens")
 
 
+class RevisionChecks(StrictModel):
+    """Revisions that are not pair material: dropped and counted by reason (``revision:template_echo``, ...).
+
+    Each check can be switched off; a dropped revision is not paired as a revision and not offered to reviser_train.
+    """
+
+    empty: bool = Field(True, description="no words at all")
+    unchanged: bool = Field(True, description="the same words as the draft (case, spacing and punctuation aside)")
+    template_echo: bool = Field(
+        True, description="repeats the revision template's own text: 4 words in a row of one of its fixed lines"
+    )
+    restates_draft: float | None = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="starts by repeating at least this share of the draft's words in order (drafts of 8 words "
+        "or more); null: off",
+    )
+
+
 class PairsConfig(StrictModel):
-    """Which pair types are built, the margin rule and the final mix."""
+    """Which pair types are built, the margin rule, the revision checks and the final mix."""
 
     types: list[PairType] = Field(default_factory=lambda: list[PairType](["on_policy", "revision", "reviser_train"]))
     min_margin: float = 0.0
+    revision_checks: RevisionChecks = Field(default_factory=RevisionChecks)
     mix: dict[PairType, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0 (0 drops the type)"
     )

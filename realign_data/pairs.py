@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from realign_data.config import RevisionChecks
 from realign_data.templates import Template
 
 if TYPE_CHECKING:
@@ -67,6 +69,53 @@ def revision_prompt(template: Template, messages: list[dict[str, str]], draft: s
     return [*messages[:-1], {"role": "user", "content": content}]
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+ECHO_WORDS = 4  # a run of this many words from one of the template's fixed lines counts as an echo
+
+
+def _template_runs(template: Template) -> tuple[set[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Word runs of the template's fixed lines (those without a placeholder): 4-word runs of the long lines, and
+    the short lines whole (e.g. "[Draft response]")."""
+    runs: set[tuple[str, ...]] = set()
+    short: list[tuple[str, ...]] = []
+    for line in template.text.splitlines():
+        words = tuple(_words(line))
+        if not words or "{" in line:
+            continue
+        if len(words) < ECHO_WORDS:
+            short.append(words)
+        runs.update(words[i : i + ECHO_WORDS] for i in range(len(words) - ECHO_WORDS + 1))
+    return runs, short
+
+
+def revision_defect(revision: str, draft: str, template: Template, checks: RevisionChecks) -> str | None:
+    """Why a revision is not pair material (``empty``, ``unchanged``, ``template_echo``, ``restates_draft``), or
+    None when it passes every check that is on."""
+    words, draft_words = _words(revision), _words(draft)
+    if checks.empty and not words:
+        return "empty"
+    if checks.unchanged and words == draft_words:
+        return "unchanged"
+    if checks.template_echo:
+        runs, short = _template_runs(template)
+        grams = {tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1)}
+        text = " ".join(words)
+        if grams & runs or any(f" {' '.join(line)} " in f" {text} " for line in short):
+            return "template_echo"
+    if checks.restates_draft is not None and len(draft_words) >= 8:
+        same = 0
+        for mine, theirs in zip(words, draft_words, strict=False):
+            if mine != theirs:
+                break
+            same += 1
+        if same >= checks.restates_draft * len(draft_words):
+            return "restates_draft"
+    return None
+
+
 def pair_id(pair_type: str, prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
     payload = json.dumps([pair_type, prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -104,11 +153,17 @@ def _row(
 
 
 def build_pairs(
-    results: list[PromptResults], types: Sequence[str], min_margin: float, template: Template, origin: PairOrigin
+    results: list[PromptResults],
+    types: Sequence[str],
+    min_margin: float,
+    template: Template,
+    origin: PairOrigin,
+    checks: RevisionChecks | None = None,
 ) -> tuple[list[dict], Counter]:
     """All pairs of the requested ``types``; the Counter holds ``type:reason`` for every candidate dropped."""
     rows: list[dict] = []
     dropped: Counter = Counter()
+    checks = checks or RevisionChecks()
 
     def keep(pair_type: str, prompt, chosen: Response, rejected: Response, item: PromptResults) -> None:
         margin = _score(chosen) - _score(rejected)
@@ -130,22 +185,27 @@ def build_pairs(
                 best = max(scored, key=_score)  # the first of equal scores wins: deterministic
                 worst = min(scored, key=_score)
                 keep("on_policy", item.messages, best, worst, item)
+        defects = {
+            i: revision_defect(r.text, item.samples[i].text, template, checks) for i, r in item.revisions.items()
+        }
         for index, revision in sorted(item.revisions.items()):
             draft = item.samples[index]
             task_prompt = revision_prompt(template, item.messages, draft.text)
             revision_types = [t for t in ("revision", "revision_direct") if t in types]
             if revision_types and (revision.score is None or draft.score is None):
                 dropped.update(f"{t}:unscored" for t in revision_types)
-            elif revision_types and revision.text == draft.text:
-                dropped.update(f"{t}:unchanged" for t in revision_types)
+            elif revision_types and defects[index]:
+                dropped.update(f"{t}:{defects[index]}" for t in revision_types)
             else:
                 for pair_type in revision_types:
                     prompt = task_prompt if pair_type == "revision" else item.messages
                     keep(pair_type, prompt, revision, draft, item)
             if "reviser_train" in types:
+                if defects[index]:
+                    dropped[f"reviser_train:revision_{defects[index]}"] += 1
                 candidates = [
                     r
-                    for r in [*item.samples, *item.revisions.values(), item.reference]
+                    for r in [*item.samples, *(v for i, v in item.revisions.items() if not defects[i]), item.reference]
                     if r is not None and r.score is not None
                 ]
                 if draft.score is None or len(candidates) < 2:

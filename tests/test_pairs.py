@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from realign_data.config import RevisionChecks
 from realign_data.pairs import PairOrigin, PromptResults, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.store import Store
 from realign_data.templates import load_template
@@ -154,3 +155,49 @@ def test_mix_is_seeded():
     other, _ = mix_pairs(rows, {"on_policy": 0.25, "revision": 0.25}, seed=2)
     assert first == again
     assert {r["pair_id"] for r in first} != {r["pair_id"] for r in other}
+
+
+DRAFT = "Paris is the capital of France and its largest city, on the Seine."
+BROKEN_REVISIONS = {
+    "empty": "  \n ",
+    "unchanged": "paris is the capital of france, and its largest city on the seine!",
+    # the issue's own example: the revision ends with the template's closing words
+    "template_echo": "Paris is the capital of France. Reply with the improved",
+    "template_echo_marker": "[Draft response]\nParis is the capital.",
+    "restates_draft": DRAFT + " It has about two million inhabitants.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_REVISIONS))
+def test_broken_revisions_are_dropped_and_counted_by_reason(case):
+    reason = case.removesuffix("_marker")
+    results = [item("q", [3.0, 2.0], texts=[DRAFT, "Lyon."], revisions={0: (BROKEN_REVISIONS[case], 9.0)})]
+    rows, dropped = build_pairs(results, ALL, 0.0, TEMPLATE, PROVENANCE)
+    assert by_type(rows, "revision") == [] and by_type(rows, "revision_direct") == []
+    assert dropped[f"revision:{reason}"] == 1 and dropped[f"revision_direct:{reason}"] == 1
+    assert dropped[f"reviser_train:revision_{reason}"] == 1
+    # the broken revision scored 9 but is never reviser_train's chosen: the draft wins over the worst sample
+    assert [(r["chosen_source"], r["rejected_source"]) for r in by_type(rows, "reviser_train")] == [
+        ("sample:0", "sample:1")
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_REVISIONS))
+def test_each_revision_check_can_be_switched_off(case):
+    reason = case.removesuffix("_marker")
+    off = RevisionChecks(**{reason: None if reason == "restates_draft" else False})
+    results = [item("q", [3.0, 2.0], texts=[DRAFT, "Lyon."], revisions={0: (BROKEN_REVISIONS[case], 9.0)})]
+    rows, dropped = build_pairs(results, ["revision"], 0.0, TEMPLATE, PROVENANCE, off)
+    assert dropped[f"revision:{reason}"] == 0
+    if reason in ("template_echo", "restates_draft"):  # no other check applies: the pair is kept
+        assert len(by_type(rows, "revision")) == 1 and not dropped
+    if reason == "unchanged":  # the same words also restate the whole draft
+        assert dropped == {"revision:restates_draft": 1}
+
+
+def test_a_good_revision_that_keeps_the_draft_s_opening_passes():
+    revision = "Paris is the capital of France. It lies on the Seine and has about two million inhabitants."
+    results = [item("q", [3.0, 2.0], texts=[DRAFT, "Lyon."], revisions={0: (revision, 9.0)})]
+    rows, dropped = build_pairs(results, ["revision", "reviser_train"], 0.0, TEMPLATE, PROVENANCE)
+    assert len(by_type(rows, "revision")) == 1 and not dropped
+    assert by_type(rows, "reviser_train")[0]["chosen_source"] == "revision:0"
