@@ -388,7 +388,8 @@ def _print_summary(result: BuildResult, until: str) -> None:
     table.add_row(
         "prompts",
         f"{stats['prompts']} ({result.prompts.counts['read']} read, "
-        f"{result.prompts.counts['duplicates']} duplicates dropped)",
+        f"{result.prompts.counts['duplicates']} duplicates and "
+        f"{result.prompts.counts.get('near_duplicates', 0)} near-duplicates dropped)",
     )
     table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit max_new_tokens)")
     table.add_row("revisions", str(stats["revisions"]))

@@ -37,6 +37,16 @@ class ModelConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
 
 
+class NearDuplicates(StrictModel):
+    """Prompts that nearly repeat an earlier one: MinHash over word n-grams (datasketch's MinHashLSH)."""
+
+    threshold: float = Field(
+        0.8, gt=0, lt=1, description="estimated Jaccard similarity of the word n-gram sets at which a prompt is dropped"
+    )
+    ngram: int = Field(3, ge=1, description="words per n-gram (a prompt shorter than this is one n-gram)")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more exact and slower")
+
+
 class PromptsConfig(StrictModel):
     """Where prompts come from and how they are filtered."""
 
@@ -46,6 +56,9 @@ class PromptsConfig(StrictModel):
     )
     limit: int | None = Field(None, ge=1)
     seed: int = 0
+    near_duplicates: NearDuplicates | None = Field(
+        default_factory=NearDuplicates, description="drop near-duplicate prompts (after exact ones); null: keep them"
+    )
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="drop prompts longer than this under `tokenizer`")

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from realign_data.config import PromptsConfig
+from realign_data.config import NearDuplicates, PromptsConfig
 from realign_data.errors import InputError, RealignError, one_line
 from realign_data.files import decode_utf8, json_records
 
@@ -360,6 +360,26 @@ def read_source(
     return column, records, fingerprint
 
 
+def drop_near_duplicates(prompts: list[Prompt], settings: NearDuplicates) -> list[Prompt]:
+    """The prompts that do not nearly repeat an earlier kept one (first occurrence wins), by MinHash LSH over the
+    word n-grams of their whole conversation, lower-cased."""
+    from datasketch import MinHash, MinHashLSH
+
+    index = MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm)
+    kept = []
+    for prompt in prompts:
+        words = re.findall(r"\w+", " ".join(m["content"] for m in prompt.messages).lower())
+        n = settings.ngram
+        grams = {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+        signature = MinHash(num_perm=settings.num_perm, seed=1)
+        signature.update_batch([gram.encode() for gram in grams])
+        if index.query(signature):
+            continue
+        index.insert(prompt.prompt_id, signature)
+        kept.append(prompt)
+    return kept
+
+
 def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
     """Read, normalize, de-duplicate, filter and sample prompts as ``config`` says; counts go in ``counts``."""
     column, rows, fingerprint = read_source(config.source, config.column, config.reference_column)
@@ -373,6 +393,10 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
     counts = {"read": len(rows), "duplicates": len(rows) - len(prompts)}
     log.info("prompts: %d row(s) from %s (column %r)", len(rows), config.source, column)
 
+    if config.near_duplicates is not None:
+        unique = drop_near_duplicates(prompts, config.near_duplicates)
+        counts["near_duplicates"] = len(prompts) - len(unique)
+        prompts = unique
     kept = [p for p in prompts if p.num_chars >= config.min_chars]
     counts["too_short"] = len(prompts) - len(kept)
     before = len(kept)

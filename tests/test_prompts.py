@@ -26,7 +26,7 @@ def write_jsonl(path, rows):
 def test_builtin_set_is_large_diverse_and_unique():
     prompts = load("builtin")
     assert prompts.counts["read"] >= 64
-    assert prompts.counts["duplicates"] == 0
+    assert prompts.counts["duplicates"] == 0 and prompts.counts["near_duplicates"] == 0
     lines = (resources.files("realign_data") / "data/builtin_prompts.jsonl").read_text().splitlines()
     categories = {json.loads(line)["category"] for line in lines}
     assert {"writing", "coding", "math", "reasoning", "advice", "extraction", "safety"} <= categories
@@ -183,3 +183,31 @@ def test_cli_preview_and_exit_code_2(tmp_path):
     assert result.stderr.splitlines() == [
         f"error: {bad}:2: field 'prompt' must be a non-empty string or a list of chat messages, got int"
     ]
+
+
+LONG = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle on the rocks below the "
+    "tower, and decides to answer it by sending a bottle of her own across the sea."
+)
+NEAR = {
+    "one word changed": LONG.replace("short story", "brief story"),
+    "re-cased and re-spaced": "  " + LONG.upper().replace(" ", "   ") + "  ",
+    "punctuation": LONG.replace(",", ";").replace(".", "!"),
+}
+DISTINCT = [
+    "Write a short story about a baker who wins a prize.",
+    "Write a poem about a lighthouse in winter.",
+    "Summarize the plot of a story about a lighthouse keeper in two sentences.",
+]
+
+
+def test_near_duplicate_prompts_are_dropped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": t} for t in [LONG, *NEAR.values(), *DISTINCT]])
+    prompts = load(path)
+    assert prompts.counts["read"] == 7 and prompts.counts["duplicates"] == 0
+    assert prompts.counts["near_duplicates"] == 3  # every variant of LONG, and no distinct prompt
+    assert [p.instruction for p in prompts.prompts] == [LONG, *DISTINCT]  # the first occurrence wins
+    kept_all = load(path, near_duplicates=None)
+    assert len(kept_all.prompts) == 7 and "near_duplicates" not in kept_all.counts
+    strict = load(path, near_duplicates={"threshold": 0.95})  # about identical word n-gram sets only
+    assert strict.counts["near_duplicates"] == 2  # re-cased and punctuation; one changed word differs
