@@ -220,6 +220,13 @@ class EvalConfig(StrictModel):
         if given:
             raise InputError(f"{', '.join(given)}: not used {when}")
 
+    def _refuse_generation_beside_outputs(self) -> None:
+        """With answers from a file, the settings that would generate them are refused, not ignored."""
+        if self.answers.outputs is not None:
+            self._refuse(
+                "when --outputs give the answers (nothing is generated)", ("answers.model", "answers.engine.base_urls")
+            )
+
 
 class AlpacaEvalConfig(EvalConfig):
     """`realign-eval alpaca`: AlpacaEval 2."""
@@ -241,6 +248,8 @@ class AlpacaEvalConfig(EvalConfig):
                     "benchmark.judge_mode",
                 ),
             )
+        else:
+            self._refuse_generation_beside_outputs()
 
 
 class ArenaEvalConfig(EvalConfig):
@@ -271,6 +280,7 @@ class ArenaEvalConfig(EvalConfig):
                 "without --judgments (answers for style control come with the new judgments)",
                 ("benchmark.answers_dir",),
             )
+            self._refuse_generation_beside_outputs()
 
 
 Config = TypeVar("Config", bound=EvalConfig)

@@ -12,6 +12,7 @@ import yaml
 
 from evaluation.config import FLAGS, AlpacaEvalConfig, ArenaEvalConfig
 from realign_data.config import load_config
+from realign_data.errors import InputError
 from tests.helpers import REPO, assert_one_line_error, run_cli, strict_json, tree_digest
 from tests.openai_server import Reply, ScriptedOpenAIServer
 from tests.test_eval_bad_input import annotation_rows, env_for, eval_set, judgment, judgments, outputs, write_json
@@ -220,6 +221,11 @@ BAD = {
         ["--judge-model", "judge.model", "not used"],
     ),
     "bad-set-key": ({"benchmark": {"annotations": "ANN"}}, ("--set", "answers.nmae=x"), ["answers.nmae"]),
+    "model-beside-outputs": (
+        {"answers": {"outputs": "ANN", "model": {"spec": "smollm2-135m-instruct"}}},
+        (),
+        ["--model (answers.model)", "not used when --outputs give the answers"],
+    ),
     "no-output": ({"benchmark": {"annotations": "ANN"}}, ("--no-o",), ["-o", "output"]),
     "manifest-missing": (None, (), ["nope.yaml", "not found"]),
 }
@@ -254,6 +260,12 @@ def test_an_arena_manifest_with_unused_keys_is_refused(tmp_path):
     result = run_cli("arena", "-m", str(path), "-o", str(tmp_path / "r"), prog="realign-eval", env=env_for(tmp_path))
     assert_one_line_error(result, 2, "--model (answers.model)", "--limit (benchmark.limit)", "--judgments")
     assert tree_digest(tmp_path) == before
+
+
+def test_arena_refuses_a_model_beside_its_outputs():
+    config = load_config(ArenaEvalConfig, None, ["answers.outputs=ours.jsonl", "answers.model.spec=smollm2"])
+    with pytest.raises(InputError, match=r"--model \(answers.model\): not used when --outputs give the answers"):
+        config.refuse_unused()
 
 
 # -------------------------------------------------------------------------------------------- shipped manifests
