@@ -14,6 +14,7 @@ preference). Ties between equal scores are broken by source order, so results ar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -76,9 +77,10 @@ def _words(text: str) -> list[str]:
 ECHO_WORDS = 4  # a run of this many words from one of the template's fixed lines counts as an echo
 
 
-def _template_runs(template: Template) -> tuple[set[tuple[str, ...]], list[tuple[str, ...]]]:
+@functools.lru_cache(maxsize=8)
+def _template_runs(template: Template) -> tuple[frozenset[tuple[str, ...]], tuple[tuple[str, ...], ...]]:
     """Word runs of the template's fixed lines (those without a placeholder): 4-word runs of the long lines, and
-    the short lines whole (e.g. "[Draft response]")."""
+    the short lines whole (e.g. "[Draft response]"); computed once per template, not once per revision."""
     runs: set[tuple[str, ...]] = set()
     short: list[tuple[str, ...]] = []
     for line in template.text.splitlines():
@@ -88,7 +90,7 @@ def _template_runs(template: Template) -> tuple[set[tuple[str, ...]], list[tuple
         if len(words) < ECHO_WORDS:
             short.append(words)
         runs.update(words[i : i + ECHO_WORDS] for i in range(len(words) - ECHO_WORDS + 1))
-    return runs, short
+    return frozenset(runs), tuple(short)
 
 
 def revision_defect(revision: str, draft: str, template: Template, checks: RevisionChecks) -> str | None:

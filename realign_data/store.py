@@ -101,6 +101,12 @@ def abandoned(entry: Path) -> bool:
     return len(parts) == 4 and parts[1] == HOST and parts[2].isdigit() and not _pid_alive(int(parts[2]))
 
 
+def record_path(folder: Path) -> Path:
+    """A version folder's record: ``version.json``; ``manifest.json`` in versions written before realign 0.2."""
+    legacy = folder / LEGACY_RECORD_FILE
+    return legacy if legacy.exists() and not (folder / RECORD_FILE).exists() else folder / RECORD_FILE
+
+
 @dataclass(frozen=True)
 class Version:
     name: str
@@ -113,9 +119,7 @@ class Version:
 
     @property
     def record_path(self) -> Path:
-        """``version.json``; ``manifest.json`` in versions written before realign 0.2 (still read)."""
-        legacy = self.path / LEGACY_RECORD_FILE
-        return legacy if legacy.exists() and not (self.path / RECORD_FILE).exists() else self.path / RECORD_FILE
+        return record_path(self.path)
 
     @cached_property
     def record(self) -> dict[str, Any]:
@@ -282,7 +286,7 @@ class Store:
             self.skipped[where] = "not a version folder (vN)"
             return None
         try:
-            record = json.loads(Version(dataset, 0, entry).record_path.read_text(encoding="utf-8"))
+            record = json.loads(record_path(entry).read_text(encoding="utf-8"))
         except FileNotFoundError:
             self.skipped[where] = f"no {RECORD_FILE}"
             return None

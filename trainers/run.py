@@ -151,21 +151,19 @@ def _preference_trainer(config: TrainConfig, model, train, eval_data, tokenizer,
     if config.loss_type == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
+        trainer_class: Any = CPOTrainer
         args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=config.beta, simpo_gamma=config.simpo_gamma)
-        return CPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=train,
-            eval_dataset=eval_data,
-            processing_class=tokenizer,
-            peft_config=_peft_config(config),
-        )
-    from trl import DPOConfig, DPOTrainer
+    else:
+        from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(
-        **common, loss_type=config.loss_type, beta=config.beta, precompute_ref_log_probs=config.precompute_ref_log_probs
-    )
-    return DPOTrainer(
+        trainer_class = DPOTrainer
+        args = DPOConfig(
+            **common,
+            loss_type=config.loss_type,
+            beta=config.beta,
+            precompute_ref_log_probs=config.precompute_ref_log_probs,
+        )
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train,
