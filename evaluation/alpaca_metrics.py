@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
-import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,13 +19,13 @@ import pandas as pd
 from evaluation.records import read_located_records, read_records, read_table
 from realign_data.errors import InputError
 from realign_data.files import json_kind, json_safe
+from realign_data.official import hub_unreachable
 
 ANNOTATION_FIELDS = ("instruction", "output_1", "output_2", "preference")
 LC_FILE = "df_gamed.csv"
 LC_COLUMNS = ("model", "index", "instruction_difficulty")
 SWITCH_FIELDS = ("is_switched_outputs", "is_switch_output_1_output_2")  # alpaca_eval's order flag (and old name)
 DEGENERATE_SHARE = 0.9
-PROBE_SECONDS = 3.0
 
 
 def interval(score: float, error: float | None) -> tuple[float | None, float | None]:
@@ -131,56 +128,6 @@ def _local_lc_file(path: Path):
         yield
     finally:
         glm.hf_hub_download = original
-
-
-def offline_mode() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
-
-
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face Hub cannot be reached now (offline mode, a host that does not resolve or answer), or
-    None; found out within a few seconds and without retries. Behind a proxy nothing is probed."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if offline_mode():
-        return "HF_HUB_OFFLINE is set"
-    if any(
-        os.environ.get(name)
-        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-    ):
-        return None
-    endpoint = urlparse(constants.ENDPOINT)
-    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    if not host:
-        return f"HF_ENDPOINT {constants.ENDPOINT!r} names no host"
-    found: list[str] = []
-
-    def probe() -> None:
-        try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            found.append(f"the host {host} cannot be resolved")
-            return
-        try:
-            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
-        except OSError as exc:
-            found.append(f"{host}:{port} does not answer ({type(exc).__name__})")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(PROBE_SECONDS + 2)
-    if thread.is_alive():
-        return f"{host} does not answer within {PROBE_SECONDS + 2:.0f} s"
-    return found[0] if found else None
 
 
 def find_lc_data(lc_data: Path | None) -> tuple[Path | None, str]:

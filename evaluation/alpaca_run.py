@@ -15,10 +15,8 @@ from evaluation.alpaca import annotate, annotator_label, load_annotator
 from evaluation.alpaca_metrics import (
     compute_metrics,
     find_lc_data,
-    hub_unreachable,
     interval,
     model_name,
-    offline_mode,
     position_bias,
     read_annotations,
     read_outputs,
@@ -37,6 +35,7 @@ from evaluation.report import (
 from realign_data.config import config_to_dict
 from realign_data.errors import InputError, RealignError
 from realign_data.files import write_json
+from realign_data.official import hub_unreachable, offline_mode
 
 METRIC_KEYS = (
     "win_rate",

@@ -27,7 +27,15 @@ from typing import Any
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from realign_data.config import NO_BASE_URLS, BuildConfig, EngineConfig, ModelConfig, config_to_dict
+from realign_data.config import (
+    NO_BASE_URLS,
+    BuildConfig,
+    EngineConfig,
+    ModelConfig,
+    PairsConfig,
+    config_to_dict,
+    load_config,
+)
 from realign_data.engines import GenerationRequest, SamplingParams, create_engine
 from realign_data.engines.base import model_identity
 from realign_data.errors import InputError, RealignError
@@ -43,17 +51,19 @@ from realign_data.models import (
 from realign_data.pairs import PairOrigin, PromptResults, Response, build_pairs, mix_pairs, revision_prompt
 from realign_data.prompts import PromptSet, load_prompts
 from realign_data.provenance import redact, utc_now
+from realign_data.quality import length_bias
 from realign_data.runs import StageCache
+from realign_data.samples import read_samples, samples_inputs, samples_name, samples_table
 from realign_data.schema import PAIR_SCHEMA
 from realign_data.scoring import LogprobJudge, RewardModelScorer, ScoreItem, TextJudge
-from realign_data.store import HOST, Store, Version, check_name
-from realign_data.templates import load_template
+from realign_data.store import HOST, PAIRS, SAMPLES, Store, Version, check_name
+from realign_data.templates import Template, load_template
 
 STAGES = ("generate", "score", "revise", "pairs")
 TaskFactory = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 EXAMPLES = 3  # failed items named in an error when nothing of a stage succeeded
 
-SAMPLES = pa.schema(
+GENERATIONS = pa.schema(
     [
         ("key", pa.string()),
         ("prompt_id", pa.string()),
@@ -69,7 +79,7 @@ SCORES = pa.schema([("key", pa.string()), ("score", pa.float64()), ("detail", pa
 
 @dataclass
 class BuildResult:
-    prompts: PromptSet
+    prompts: PromptSet | None  # None for pairs rebuilt from a samples version
     results: list[PromptResults]
     rows: list[dict] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
@@ -77,7 +87,47 @@ class BuildResult:
     failures: dict[str, list[dict]] = field(default_factory=dict)  # stage -> [{id, reason, detail}]
     retries: dict[str, Counter[str]] = field(default_factory=dict)  # stage -> {reason: count}
     stats: dict[str, Any] = field(default_factory=dict)
+    origin: PairOrigin | None = None
     version: Version | None = None
+    samples_version: Version | None = None
+
+    @property
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=PAIR_SCHEMA)
+
+    @property
+    def drop_reasons(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "no candidates"
+
+
+def make_pairs(result: BuildResult, rules: PairsConfig, template: Template) -> None:
+    """The pairs of ``result.results`` under ``rules``, mixed: the one pair step of a build and of a rebuild from
+    a samples version, so both give the same rows from the same responses."""
+    assert result.origin is not None, "pairs need the origin of the responses"
+    rows, result.dropped = build_pairs(result.results, rules, template, result.origin)
+    result.rows, result.mix = mix_pairs(rows, rules.mix, rules.seed)
+
+
+def write_pairs(
+    store: Store, config: BuildConfig, result: BuildResult, inputs: dict[str, Any], models: dict[str, Any]
+) -> Version:
+    """Write ``result``'s pairs as a new version of ``config.dataset``, with the rules' outcome in its stats."""
+    table = result.table
+    result.version = store.write_version(
+        config.dataset,
+        [table],
+        config=config_to_dict(config),
+        inputs=inputs,
+        models=models,
+        stats={
+            **result.stats,
+            "dropped": dict(result.dropped),
+            "mix": {"weights": config.pairs.mix, "seed": config.pairs.seed, "counts": result.mix},
+            "length_bias": length_bias(table),
+            "failed_requests": result.failures,
+        },
+    )
+    return result.version
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -307,7 +357,7 @@ class Build:
             p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
             for p in prompts.prompts
         }
-        cache = StageCache(self.run_dir / "generate", SAMPLES)
+        cache = StageCache(self.run_dir / "generate", GENERATIONS)
         missing = [
             GenerationRequest(p.prompt_id, p.messages, params)
             for p in prompts.prompts
@@ -432,7 +482,7 @@ class Build:
                     "revise", identity, self.revision_template.sha256, params.as_dict(), prompt.prompt_id, draft["text"]
                 )
                 drafts[key] = (prompt, index, draft)
-        cache = StageCache(self.run_dir / "revise", SAMPLES)
+        cache = StageCache(self.run_dir / "revise", GENERATIONS)
         missing = [
             GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, draft["text"]), params)
             for key, (prompt, _, draft) in drafts.items()
@@ -466,6 +516,8 @@ class Build:
         """Run the stages up to and including ``until`` (one of STAGES), holding the run folder."""
         prompts = self.load_prompts()  # bad input is refused before the run folder is touched
         self._check_models(until)
+        self.store.check_kind(self.config.dataset, PAIRS)  # a name clash is refused before any compute
+        self.store.check_kind(samples_name(self.config.dataset), SAMPLES)
         with self.holding_run():
             return self._run(prompts, until)
 
@@ -507,39 +559,58 @@ class Build:
                 ],
                 "score revisions",
             )
+        reference_tokens = self.reference_tokens(prompts)
         for pid, rows in samples.items():
             reference = by_id[pid].reference
             result.results.append(
                 PromptResults(
                     pid,
                     by_id[pid].messages,
-                    [Response(s["text"], sample_scores.get(s["key"]), f"sample:{s['index']}") for s in rows],
+                    [
+                        Response(
+                            s["text"],
+                            sample_scores.get(s["key"]),
+                            f"sample:{s['index']}",
+                            s["finish_reason"],
+                            s["completion_tokens"],
+                        )
+                        for s in rows
+                    ],
                     {
-                        i: Response(r["text"], revision_scores.get(r["key"]), f"revision:{r['index']}")
+                        i: Response(
+                            r["text"],
+                            revision_scores.get(r["key"]),
+                            f"revision:{r['index']}",
+                            r["finish_reason"],
+                            r["completion_tokens"],
+                        )
                         for i, r in revisions.get(pid, {}).items()
                     },
-                    Response(reference, reference_scores.get(pid), "reference") if reference else None,
+                    Response(reference, reference_scores.get(pid), "reference", None, reference_tokens.get(pid))
+                    if reference
+                    else None,
                 )
             )
         result.stats = self._stats(prompts, samples, sample_scores, revisions, revision_scores)
         if until == "pairs":
-            origin = PairOrigin(
+            result.origin = PairOrigin(
                 self.identity(self.config.engine, self.config.policy),
                 self.identity(*self.reviser) if wants_revisions else None,
                 self.scorer_id(),
                 self.sample_params().as_dict(),
                 self.revision_params().as_dict(),
             )
-            rows, result.dropped = build_pairs(
-                result.results,
-                self.config.pairs.types,
-                self.config.pairs.min_margin,
-                self.revision_template,
-                origin,
-                self.config.pairs.revision_checks,
-            )
-            result.rows, result.mix = mix_pairs(rows, self.config.pairs.mix, self.config.pairs.seed)
+            make_pairs(result, self.config.pairs, self.revision_template)
         return result
+
+    def reference_tokens(self, prompts: PromptSet) -> dict[str, int]:
+        """Token counts of the reference responses under the policy's tokenizer (in-process engines; a served
+        policy's tokenizer is not at hand, so its references' lengths stay unknown)."""
+        references = {p.prompt_id: p.reference for p in prompts.prompts if p.reference}
+        if not references or self.config.engine.kind == "openai":
+            return {}
+        tokenizer = load_tokenizer(resolve_model(self.config.policy.spec))
+        return {pid: len(tokenizer(text, add_special_tokens=False)["input_ids"]) for pid, text in references.items()}
 
     def _stats(self, prompts, samples, sample_scores, revisions, revision_scores) -> dict[str, Any]:
         def describe(values):
@@ -563,6 +634,7 @@ class Build:
             "computed": dict(self.computed),
             "sample_tokens": sum(s["completion_tokens"] for s in flat),
             "truncated_samples": sum(s["finish_reason"] == "length" for s in flat),
+            "truncated_revisions": sum(r["finish_reason"] == "length" for r in revised),
             "sample_scores": describe(sample_scores.values()),
             "revision_scores": describe(revision_scores.values()),
             "failures": {stage: failure_summary(items) for stage, items in self.failures.items()},
@@ -570,13 +642,9 @@ class Build:
         }
 
     def commit(self, result: BuildResult) -> Version:
-        """Write the pairs as a new version of ``config.dataset`` with the full provenance."""
-        if not result.rows:
-            reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())) or "no candidates"
-            raise InputError(
-                f"no pairs survived the pair rules ({reasons}); try more samples "
-                "(generation.num_samples), a higher temperature, or pairs.min_margin=0"
-            )
+        """Write every response as a new version of ``NAME-samples``, then the pairs as a new version of ``NAME``,
+        each with the full provenance. The samples are kept even when no pair survives the rules."""
+        assert result.origin is not None and result.prompts is not None, "commit follows a run up to the pairs stage"
         models = {
             "policy": {
                 "spec": self.config.policy.spec,
@@ -587,18 +655,53 @@ class Build:
         }
         if self.config.revision.reviser or set(self.config.pairs.types) - {"on_policy"}:
             models["reviser"] = {"spec": self.reviser[1].spec, "identity": self.identity(*self.reviser)}
-        table = pa.Table.from_pylist(result.rows, schema=PAIR_SCHEMA)
-        result.version = self.store.write_version(
-            self.config.dataset,
-            [table],
+        inputs = {"prompts": result.prompts.record(), "run_dir": str(self.run_dir)}
+        result.samples_version = self.store.write_version(
+            samples_name(self.config.dataset),
+            [samples_table(result.results, result.origin)],
             config=config_to_dict(self.config),
-            inputs={"prompts": result.prompts.record(), "run_dir": str(self.run_dir)},
+            inputs={**inputs, **samples_inputs(result.origin, self.revision_template)},
             models=models,
-            stats={
-                **result.stats,
-                "dropped": dict(result.dropped),
-                "mix": {"weights": self.config.pairs.mix, "seed": self.config.pairs.seed, "counts": result.mix},
-                "failed_requests": result.failures,
-            },
+            stats={**result.stats, "failed_requests": result.failures},
+            source="samples",
+            kind=SAMPLES,
         )
-        return result.version
+        if not result.rows:
+            ref = result.samples_version.ref
+            raise InputError(
+                f"no pairs survived the pair rules ({result.drop_reasons}); the samples are kept as {ref}: re-pair "
+                f"them with `realign-data pairs --from-samples {ref} --set pairs.min_margin=0` (or "
+                "pairs.allow_truncated=true), or sample more (generation.num_samples, a higher temperature)"
+            )
+        return write_pairs(self.store, self.config, result, {**inputs, "samples": result.samples_version.ref}, models)
+
+
+def pairs_from_samples(store: Store, ref: str, sets: list[str], dataset: str | None = None) -> BuildResult:
+    """Rebuild pairs from the samples version ``ref`` under its build's config with ``pairs.*`` overrides, and
+    write them as a new version of the build's dataset (or ``dataset``): nothing is generated or scored again."""
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if not key.startswith("pairs."):
+            raise InputError(
+                f"--set {item!r}: --from-samples rebuilds pairs only; set pairs.* (the samples fix generation, "
+                "scoring and revision)"
+            )
+    version, results, origin, template = read_samples(store, ref)
+    record = version.record
+    config = load_config(BuildConfig, sets=sets, options={"dataset": dataset}, base=record["config"])
+    result = BuildResult(None, results, stats=dict(record["stats"]), origin=origin)
+    result.failures = result.stats.pop("failed_requests", {})
+    result.stats["computed"] = {}  # nothing is generated or scored again
+    wanted = {"revision", "revision_direct"} & set(config.pairs.types)
+    if wanted and not any(item.revisions for item in results):
+        raise InputError(
+            f"{version.ref} holds no revisions (its build made pairs.types={record['config']['pairs']['types']}); "
+            f"{', '.join(sorted(wanted))} pairs need them: rebuild with those types, or leave them out"
+        )
+    make_pairs(result, config.pairs, template)
+    if not result.rows:
+        raise InputError(f"{version.ref}: no pairs survived the pair rules ({result.drop_reasons})")
+    inputs = {**{k: record["inputs"][k] for k in ("prompts", "run_dir")}, "samples": version.ref}
+    write_pairs(store, config, result, inputs, record["models"])
+    result.samples_version = version
+    return result

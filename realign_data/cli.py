@@ -17,14 +17,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from realign_data.config import BuildConfig, PromptsConfig, config_to_dict, load_config
+from realign_data.config import DEFAULT_NGRAM, BuildConfig, PromptsConfig, config_to_dict, load_config
 
 if TYPE_CHECKING:
     from realign_data.build import BuildResult
 from realign_data.errors import InputError, main_with_errors
-from realign_data.files import json_text
+from realign_data.files import json_text, write_json, write_jsonl
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.prompts import length_stats, load_prompts
+from realign_data.quality import describe as describe_length_bias
+from realign_data.quality import length_bias
 from realign_data.store import Store
 
 app = typer.Typer(
@@ -220,20 +222,106 @@ line naming the file, line or row and the field, and exit code 2.
     )
 
 
+@app.command("decontaminate")
+def decontaminate(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A prompt source (builtin, a .jsonl/.json/.parquet/.csv file, a Hub ID:SPLIT) or a "
+            "stored version NAME@vN."
+        ),
+    ],
+    against: Annotated[
+        list[str],
+        typer.Option(
+            "--against",
+            "-a",
+            help="A benchmark: alpaca_eval, arena-hard-v0.1, arena-hard-v2.0 (their official files), NAME=FILE, or "
+            "any prompt file (repeatable).",
+        ),
+    ],
+    ngram: Annotated[
+        int, typer.Option(min=1, help="Words in a shared n-gram that counts as contamination.")
+    ] = DEFAULT_NGRAM,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt source: the JSONL file of the clean prompts, one `messages` list per line (default: "
+            "<file stem>.decontaminated.jsonl in the current folder)."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Stored version: the dataset the clean version is written to (default: its own).")
+    ] = None,
+    prompt_column: Annotated[str | None, typer.Option(help="Prompt source: its text or chat-messages column.")] = None,
+    store: StoreOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Remove the prompts that contain a benchmark prompt: a word 8-gram shared with one (lower-cased,
+    whitespace-split, as open-r1's decontaminate.py), the same normalized text, or a benchmark prompt of fewer
+    words found whole.
+
+    A stored version gives a new version without the rows of those prompts (written even when nothing matched: its
+    record proves the check), its record holding the report (shown by `show`, put in the dataset card); a prompt
+    source gives a JSONL file of the clean prompts (`messages` only: other columns are not carried) and the report
+    beside it (OUT.decontamination.json). At build time: prompts.decontaminate: {against: [...], ngram: 8}.
+
+    Examples:
+
+    realign-data decontaminate smoke@v1 -a alpaca_eval=reference_outputs_gpt4_1106_preview.json -a arena-hard-v0.1
+
+    realign-data decontaminate my_prompts.jsonl -a arena-hard-v2.0=question.jsonl --out clean.jsonl
+    """
+    from realign_data.config import Decontaminate
+    from realign_data.decontaminate import decontaminate_prompts, decontaminate_version
+    from realign_data.prompts import Prompt, prompt_id_for, read_source
+    from realign_data.store import REF_PATTERN
+
+    settings = Decontaminate(against=against, ngram=ngram)
+    match = REF_PATTERN.match(source)
+    if match and match["version"] is not None:
+        if out is not None or prompt_column is not None:
+            raise InputError("--out and --prompt-column are for a prompt source; a stored version gives a version")
+        target = open_store(store)
+        _, written, report = decontaminate_version(target, source, settings, dataset)
+        where = f"{written.ref} ({written.record['num_rows']} rows)"
+    else:
+        if dataset is not None:
+            raise InputError("--dataset is for a stored version (NAME@vN); a prompt source gives a file (--out)")
+        column, rows, _ = read_source(source, prompt_column)
+        stem = "builtin" if source == "builtin" else Path(source).name.replace(":", "_").replace("/", "_")
+        out = out or Path(f"{Path(stem).stem}.decontaminated.jsonl")
+        report_path = out.with_name(out.name + ".decontamination.json")
+        for path in (out, report_path):
+            if path.exists():
+                raise InputError(f"{path} already exists; choose another --out or remove it")
+        prompts = [Prompt(prompt_id_for(messages), messages, where) for where, messages, _ in rows]
+        clean, report = decontaminate_prompts(prompts, settings)
+        write_jsonl(out, ({"messages": p.messages} for p in clean))
+        write_json(report_path, {"source": source, "column": column, "kept": len(clean), **report})
+        where = f"{out} ({len(clean)} prompts) and {report_path}"
+    if fmt is Format.json:
+        print_json({"written": where, **report})
+        return
+    _print_decontamination(report)
+    console.print(f"wrote {where}")
+
+
 @app.command("list")
 def list_versions(store: StoreOption = None, fmt: FormatOption = Format.table) -> None:
-    """List every dataset version in the store."""
+    """List every dataset version in the store: rows of pairs versions by pair type (on_policy=...), of samples
+    versions by response kind (sample=..., revision=..., reference=...)."""
     target = open_store(store)
     rows = [
         [
             v.ref,
             v.record["created_at"],
             v.record["num_rows"],
-            ", ".join(f"{k}={n}" for k, n in v.record["rows_by_pair_type"].items()),
+            ", ".join(f"{k}={n}" for k, n in v.rows_by_type.items()),
         ]
         for v in target.versions()
     ]
-    emit(["version", "created_at", "rows", "pair_types"], rows, fmt, title=str(target.root))
+    emit(["version", "created_at", "rows", "types"], rows, fmt, title=str(target.root))
 
 
 @app.command("show")
@@ -242,35 +330,77 @@ def show(
     store: StoreOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Describe a version: rows by pair_type, score and margin quantiles, response lengths, models."""
+    """Describe a version: rows by pair_type, score and margin quantiles, response lengths, length bias, rows
+    dropped by the pair rules, decontamination and models (a samples version: rows, scores and truncation by kind)."""
     summary = open_store(store).summary(ref)
     if fmt is Format.json:
         print_json(summary)
         return
-    columns = ["pair type", "rows", "prompts", "margin min / med / max", "score c / r", "chars c / r"]
-    rows = [
-        [
-            t["pair_type"],
-            t["rows"],
-            t["prompts"],
-            _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
-            _slashed([t["chosen_score_q"][1], t["rejected_score_q"][1]]),
-            f"{t['chosen_chars_mean']:.0f} / {t['rejected_chars_mean']:.0f}",
+    if summary["kind"] == "samples":
+        columns = ["kind", "rows", "prompts", "scored", "truncated", "tokens", "score mean / min / max"]
+        rows = [
+            [
+                k["kind"],
+                k["rows"],
+                k["prompts"],
+                k["scored"],
+                k["truncated"],
+                "-" if k["tokens_mean"] is None else f"{k['tokens_mean']:.0f}",
+                "-" if k["score_mean"] is None else _slashed([k["score_mean"], k["score_min"], k["score_max"]]),
+            ]
+            for k in summary["by_kind"]
         ]
-        for t in summary["by_pair_type"]
-    ]
-    models = [[role, m.get("identity") or m.get("id") or m.get("spec")] for role, m in summary["models"].items()]
+    else:
+        columns = ["pair type", "rows", "prompts", "margin min / med / max", "score c / r", "chars c / r"]
+        rows = [
+            [
+                t["pair_type"],
+                t["rows"],
+                t["prompts"],
+                _slashed([t["margin_q"][0], t["margin_q"][2], t["margin_q"][4]]),
+                _slashed([t["chosen_score_q"][1], t["rejected_score_q"][1]]),
+                f"{t['chosen_chars_mean']:.0f} / {t['rejected_chars_mean']:.0f}",
+            ]
+            for t in summary["by_pair_type"]
+        ]
     if fmt is Format.csv:
         emit(columns, rows, fmt)
         return
     console.print(
-        f"[bold]{summary['ref']}[/]  {summary['num_rows']} rows in {summary['files']} file(s), "
+        f"[bold]{summary['ref']}[/]  {summary['num_rows']} {summary['kind']} rows in {summary['files']} file(s), "
         f"{summary['bytes']:,} bytes, created {summary['created_at']}"
     )
     emit(columns, rows, fmt)
-    console.print("c / r: chosen / rejected; score: median, chars: mean length")
+    if summary["kind"] == "pairs":
+        console.print("c / r: chosen / rejected; score: median, chars: mean length")
+        emit(
+            ["pair type", "length bias"],
+            [[t, describe_length_bias(b)] for t, b in summary["length_bias"].items()],
+            fmt,
+        )
+        if summary["dropped"]:
+            console.print("dropped by the pair rules: " + ", ".join(f"{k}={v}" for k, v in summary["dropped"].items()))
+        if summary["samples"]:
+            console.print(f"built from the samples version {summary['samples']}")
+    if summary["decontamination"]:
+        _print_decontamination(summary["decontamination"])
+    models = [[role, m.get("identity") or m.get("id") or m.get("spec")] for role, m in summary["models"].items()]
     if models:
         emit(["role", "model"], models, fmt)
+
+
+def _print_decontamination(report: dict[str, Any], shown: int = 3) -> None:
+    """Per benchmark: how many prompts matched, and the first few with their matching n-gram."""
+    rows = []
+    for name, bench in report["benchmarks"].items():
+        examples = "; ".join(
+            f"{m['prompt_id'][:8]}~{m['item_id']}: {m['ngram'][:40]!r}" for m in bench["matches"][:shown]
+        )
+        rows.append([name, bench["reference_prompts"], bench["matched_prompts"], examples or "-"])
+    console.print(
+        f"decontamination ({report['ngram']}-gram overlap or exact match): {report['removed']} prompt(s) removed"
+    )
+    emit(["benchmark", "prompts", "matched", "e.g. prompt~item: n-gram"], rows, Format.table)
 
 
 def _slashed(values: list[float]) -> str:
@@ -385,15 +515,20 @@ def _run_stages(
 def _print_summary(result: BuildResult, until: str) -> None:
     stats = result.stats
     table = Table("", "value", title="realign-data build summary")
-    table.add_row(
-        "prompts",
-        f"{stats['prompts']} ({result.prompts.counts['read']} read, "
-        f"{result.prompts.counts['duplicates']} duplicates and "
-        f"{result.prompts.counts.get('near_duplicates', 0)} near-duplicates dropped)",
-    )
-    table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit max_new_tokens)")
-    table.add_row("revisions", str(stats["revisions"]))
-    table.add_row("computed now", ", ".join(f"{k}={v}" for k, v in stats["computed"].items()) or "all cached")
+    if result.prompts is None:  # pairs rebuilt from a samples version
+        assert result.samples_version is not None
+        table.add_row("from samples", f"{result.samples_version.ref} (nothing generated or scored again)")
+    else:
+        counts = result.prompts.counts
+        table.add_row(
+            "prompts",
+            f"{stats['prompts']} ({counts['read']} read, {counts['duplicates']} duplicates and "
+            f"{counts.get('near_duplicates', 0)} near-duplicates dropped)",
+        )
+    table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit the token limit)")
+    table.add_row("revisions", f"{stats['revisions']} ({stats.get('truncated_revisions', 0)} hit the token limit)")
+    if result.prompts is not None:
+        table.add_row("computed now", ", ".join(f"{k}={v}" for k, v in stats["computed"].items()) or "all cached")
     for name in ("sample_scores", "revision_scores"):
         if stats[name]:
             s = stats[name]
@@ -408,6 +543,8 @@ def _print_summary(result: BuildResult, until: str) -> None:
             table.add_row(f"pairs {pair_type}", str(kept))
         if result.dropped:
             table.add_row("dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.dropped.items())))
+        for pair_type, bias in length_bias(result.table).items():
+            table.add_row(f"length {pair_type}", describe_length_bias(bias))
     for stage, failures in result.failures.items():
         reasons = ", ".join(f"{reason}={n}" for reason, n in stats["failures"][stage].items())
         shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:60]}" for f in failures[:3])
@@ -416,6 +553,8 @@ def _print_summary(result: BuildResult, until: str) -> None:
         )
     for stage, retries in stats["retries"].items():
         table.add_row(f"retried in {stage}", ", ".join(f"{reason}={n}" for reason, n in retries.items()))
+    if result.samples_version is not None and result.prompts is not None:
+        table.add_row("samples written", f"{result.samples_version.ref} (every response with its score)")
     if result.version is not None:
         table.add_row("version written", f"[bold green]{result.version.ref}[/] ({len(result.rows)} pairs)")
         table.add_row(
@@ -441,7 +580,29 @@ def _stage_command(until: str, commit: bool, doc: str):
         engine: Annotated[str | None, typer.Option(help="hf, openai or vllm.")] = None,
         num_samples: Annotated[int | None, typer.Option(min=1, help="Samples per prompt.")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+        from_samples: str | None = typer.Option(  # a default, not an annotation: `hidden` depends on the stage
+            None,
+            "--from-samples",
+            hidden=until != "pairs" or commit,
+            help="Rebuild pairs from a stored samples version (NAME-samples@vN) under its build's config and "
+            "your --set pairs.* rules, and write them as a new version: nothing is generated or scored again.",
+        ),
     ) -> None:
+        if from_samples is not None:
+            given: dict[str, Any] = {"--manifest": manifest, "--run-id": run_id, "--fresh": fresh or None}
+            given |= {"--prompts": prompts}
+            given |= {"--limit": limit, "--policy": policy, "--engine": engine, "--num-samples": num_samples}
+            given |= {"--max-new-tokens": max_new_tokens}
+            clashing = [flag for flag, value in given.items() if value is not None]
+            if until != "pairs" or commit or clashing:
+                raise InputError(
+                    "--from-samples takes only --set pairs.*, --dataset and --store"
+                    + (f", not {', '.join(clashing)}" if clashing else f" and only on `pairs`, not `{until}`")
+                )
+            from realign_data.build import pairs_from_samples
+
+            _print_summary(pairs_from_samples(open_store(store), from_samples, list(set_ or []), dataset), until)
+            return
         config = _build_config(
             manifest,
             set_,
@@ -492,8 +653,10 @@ app.command("pairs")(
     _stage_command(
         "pairs",
         False,
-        "Stage 4: construct and mix the pairs and print their counts, "
-        "without writing a version (runs stages 1-3 as needed).",
+        "Stage 4: construct and mix the pairs and print their counts, without writing a version (runs stages 1-3 "
+        "as needed).\n\nWith --from-samples, rebuild the pairs of a stored samples version under other pair "
+        "rules and write them as a new version, e.g.\n\n"
+        "realign-data pairs --from-samples smoke-samples@v1 --set pairs.min_margin=1",
     )
 )
 

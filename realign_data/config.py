@@ -9,6 +9,7 @@ is refused with its field named, and credentials in URLs are left out of every s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -47,6 +48,20 @@ class NearDuplicates(StrictModel):
     num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more exact and slower")
 
 
+DEFAULT_NGRAM = 8  # decontamination's n-gram, as open-r1's decontaminate.py
+
+
+class Decontaminate(StrictModel):
+    """Drop prompts that contain a benchmark prompt (see realign_data.decontaminate for the method)."""
+
+    against: list[str] = Field(
+        min_length=1,
+        description="benchmarks: alpaca_eval, arena-hard-v0.1, arena-hard-v2.0 (their official files), "
+        "NAME=FILE (e.g. alpaca_eval=reference_outputs_gpt4_1106_preview.json) or any prompt file",
+    )
+    ngram: int = Field(DEFAULT_NGRAM, ge=1, description="words in a shared n-gram that counts as contamination")
+
+
 class PromptsConfig(StrictModel):
     """Where prompts come from and how they are filtered."""
 
@@ -58,6 +73,9 @@ class PromptsConfig(StrictModel):
     seed: int = 0
     near_duplicates: NearDuplicates | None = Field(
         default_factory=NearDuplicates, description="drop near-duplicate prompts (after exact ones); null: keep them"
+    )
+    decontaminate: Decontaminate | None = Field(
+        None, description="drop prompts that contain a benchmark prompt (after the duplicates); null: no check"
     )
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, ge=1)
@@ -102,7 +120,7 @@ class GenerationConfig(StrictModel):
     num_samples: int = Field(2, ge=1)
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(384, ge=1)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
     top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens only; 0: off")
@@ -153,10 +171,19 @@ class RevisionChecks(StrictModel):
 
 
 class PairsConfig(StrictModel):
-    """Which pair types are built, the margin rule, the revision checks and the final mix."""
+    """Which pair types are built, the margin, truncation and length rules, the revision checks and the final mix."""
 
     types: list[PairType] = Field(default_factory=lambda: list[PairType](["on_policy", "revision", "reviser_train"]))
     min_margin: float = 0.0
+    allow_truncated: bool = Field(
+        False, description="pair responses that hit the token limit (cut off mid-text); default: drop and count them"
+    )
+    max_length_ratio: float | None = Field(
+        None,
+        ge=1,
+        description="length control: drop a pair whose chosen has more than this many times the rejected's tokens "
+        "(counted TYPE:length_ratio); null: off",
+    )
     revision_checks: RevisionChecks = Field(default_factory=RevisionChecks)
     mix: dict[PairType, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="weight per pair type, e.g. on_policy: 1.0 (0 drops the type)"
@@ -288,10 +315,12 @@ def load_config(
     manifest: str | Path | None = None,
     sets: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """Build a config from defaults, a manifest, ``--set`` overrides and explicit options (dotted keys)."""
+    """Build a config from defaults, a manifest (or ``base``, a stored config), ``--set`` overrides and explicit
+    options (dotted keys)."""
     origin = str(manifest) if manifest else "config"
-    data = read_manifest(manifest) if manifest else {}
+    data = read_manifest(manifest) if manifest else json.loads(json.dumps(base or {}))
     data = apply_overrides(data, list(sets or []))
     for key, value in (options or {}).items():
         if value is not None:

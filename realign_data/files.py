@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,27 @@ def json_text(data: Any, indent: int | None = None) -> str:
     return json.dumps(json_safe(data), indent=indent, ensure_ascii=False, default=str, allow_nan=False)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write strict JSON atomically: a temporary file, fsynced, renamed over ``path``."""
+def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` to a temporary file, fsync it and rename it over ``path``: all of it or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json_text(data, indent=2) + "\n")
+            handle.writelines(lines)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write strict JSON atomically."""
+    _write_atomic(path, [json_text(data, indent=2) + "\n"])
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> None:
+    """Write strict JSON lines atomically, one record per line."""
+    _write_atomic(path, (json_text(record) + "\n" for record in records))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

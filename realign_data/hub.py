@@ -22,8 +22,10 @@ import yaml
 
 from realign_data import plots
 from realign_data.errors import InputError, RealignError
+from realign_data.quality import COLUMNS as LENGTH_COLUMNS
+from realign_data.quality import length_bias
 from realign_data.schema import PAIR_SCHEMA
-from realign_data.store import Store, Version, check_name
+from realign_data.store import PAIRS, Store, Version, check_name
 
 SHARD_ROWS = 250_000
 HUB_RECORD_FILE = "realign_version.json"  # the version record, published beside the shards
@@ -75,8 +77,69 @@ PAPER = (
 )
 
 
+def _quality(record: dict[str, Any], bias: dict[str, dict[str, Any]]) -> str:
+    """The card's data-quality section: length bias, what the pair rules dropped, truncation, decontamination."""
+    rows = "\n".join(
+        f"| {t} | {b['pairs']} | "
+        + (
+            f"{b['chosen_tokens_mean']:.0f} | {b['rejected_tokens_mean']:.0f} | {b['chosen_longer_share']:.0%} | "
+            + ("n/a" if b["margin_length_corr"] is None else f"{b['margin_length_corr']:.2f}")
+            if b["pairs"]
+            else "- | - | - | -"
+        )
+        + " |"
+        for t, b in bias.items()
+    )
+    stats = record.get("stats", {})
+    dropped = ", ".join(f"`{k}` {v}" for k, v in sorted(stats.get("dropped", {}).items())) or "none"
+    truncation = (
+        f"{stats['truncated_samples']} of {stats['samples']} samples and {stats.get('truncated_revisions', '?')} of "
+        f"{stats['revisions']} revisions hit the token limit"
+        if "truncated_samples" in stats
+        else "not recorded"
+    )
+    pairs_config = record["config"].get("pairs", {})
+    if "allow_truncated" not in pairs_config:  # built before the truncation rule existed
+        cut = "paired like any other (the build predates `pairs.allow_truncated`)"
+    else:
+        cut = "kept" if pairs_config["allow_truncated"] else "not paired"
+    ratio = pairs_config.get("max_length_ratio")
+    control = "off" if ratio is None else f"a chosen response has at most {ratio}x the rejected's tokens"
+    report = record["inputs"].get("prompts", {}).get("decontamination")
+    if report:
+        decontamination = (
+            f"{report['removed']} prompt(s) sharing a word {report['ngram']}-gram with a benchmark prompt, or "
+            "equal to one after normalization, were removed; benchmark prompts found: "
+        )
+        decontamination += ", ".join(
+            f"{name} {b['matched_prompts']} of {b['reference_prompts']}" for name, b in report["benchmarks"].items()
+        )
+        if report.get("earlier"):
+            decontamination += f" (after {len(report['earlier'])} earlier check(s), in `realign_version.json`)"
+    else:
+        decontamination = "the prompts were not checked against benchmark prompts (`prompts.decontaminate`)"
+    return f"""## Data quality
+
+Length bias per pair type (tokens; r: Pearson correlation of the margin with chosen minus rejected length):
+
+| pair_type | pairs with token counts | mean chosen | mean rejected | chosen longer | r(margin, length diff) |
+|---|---|---|---|---|---|
+{rows}
+
+- Truncation: {truncation}; cut responses were {cut} (`pairs.allow_truncated`).
+- Length control (`pairs.max_length_ratio`): {control}.
+- Candidates dropped by the pair rules: {dropped}.
+- Decontamination: {decontamination}.
+"""
+
+
 def _card(
-    version: Version, repo_id: str, license_id: str, sizes: dict[str, tuple[int, int]], stats: list[tuple]
+    version: Version,
+    repo_id: str,
+    license_id: str,
+    sizes: dict[str, tuple[int, int]],
+    stats: list[tuple],
+    bias: dict[str, dict[str, Any]],
 ) -> str:
     import datasets
 
@@ -152,6 +215,7 @@ This is version `{version.ref}` of the local store, created {record["created_at"
 
 ![margins per pair type](margins.png)
 
+{_quality(record, bias)}
 ## Use
 
 ```python
@@ -173,14 +237,14 @@ trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_datase
 
 def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id: str = "other") -> Path:
     """Write the Hub layout of ``ref`` into ``out`` (created, must not exist) and return it."""
-    version = store.resolve(ref)
+    version = store.resolve(ref, PAIRS)
     if out.exists():
         raise InputError(f"{out} already exists; choose another --dry-run folder")
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with duckdb.connect() as con:
-            version.view(con, "v")
+            con.register("v", version.dataset())  # every column of the contract, nulls where the files predate it
             sizes = {"default": _write_config(con, "", staging / "data" / "default")}
             for (pair_type,) in con.execute("SELECT DISTINCT pair_type FROM v ORDER BY 1").fetchall():
                 sizes[pair_type] = _write_config(con, f"WHERE pair_type = '{pair_type}'", staging / "data" / pair_type)
@@ -189,7 +253,8 @@ def build_hub_folder(store: Store, ref: str, out: Path, repo_id: str, license_id
                 "FROM v GROUP BY 1 ORDER BY 1"
             ).fetchall()
             _margin_histogram(con, staging / "margins.png")
-        (staging / "README.md").write_text(_card(version, repo_id, license_id, sizes, stats))
+        bias = length_bias(version.read(list(LENGTH_COLUMNS)))
+        (staging / "README.md").write_text(_card(version, repo_id, license_id, sizes, stats, bias))
         shutil.copyfile(version.record_path, staging / HUB_RECORD_FILE)
         staging.rename(out)
     except BaseException:
@@ -235,7 +300,7 @@ def publish(store: Store, ref: str, repo_id: str, private: bool, license_id: str
 
     from realign_data.provenance import utc_now
 
-    version = store.resolve(ref)
+    version = store.resolve(ref, PAIRS)
     api = HfApi()
     with tempfile.TemporaryDirectory() as scratch, hub_errors(repo_id):
         folder = build_hub_folder(store, version.ref, Path(scratch) / "hub", repo_id, license_id)

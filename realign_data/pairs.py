@@ -9,7 +9,10 @@
   revisions, reference), rejected = the draft; when the draft itself is best, rejected = the worst response.
 
 Every type keeps a pair only when chosen_score - rejected_score >= ``min_margin`` and > 0 (equal scores carry no
-preference). Ties between equal scores are broken by source order, so results are deterministic.
+preference). A response that hit the token limit (finish reason ``length``) takes part in no pair unless
+``allow_truncated``; with ``max_length_ratio`` a pair whose chosen is more than that many times longer (in tokens)
+than its rejected is dropped. Every candidate dropped is counted as ``TYPE:REASON``. Ties between equal scores are
+broken by source order, so results are deterministic.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from realign_data.config import RevisionChecks
+from realign_data.config import PairsConfig, RevisionChecks
 from realign_data.templates import Template
 
 if TYPE_CHECKING:
@@ -36,6 +39,12 @@ class Response:
     text: str
     score: float | None
     source: str  # "sample:I", "revision:I" (of draft sample I) or "reference"
+    finish_reason: str | None = None  # "stop", "length" (cut at the token limit), None: unknown (a reference)
+    tokens: int | None = None  # completion tokens, None where unknown
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 def _score(response: Response) -> float:
@@ -49,7 +58,7 @@ class PromptResults:
     prompt_id: str
     messages: list[dict[str, str]]
     samples: list[Response]
-    revisions: dict[int, Response] = field(default_factory=dict)  # draft sample index -> its revision
+    revisions: dict[int, Response] = field(default_factory=dict)  # the draft's position in samples -> its revision
     reference: Response | None = None
 
 
@@ -151,41 +160,56 @@ def _row(
         "reviser_model": origin.reviser_model if uses_reviser else None,
         "scorer": origin.scorer,
         "sample_params": json.dumps(params, sort_keys=True),
+        "chosen_finish_reason": chosen.finish_reason,
+        "rejected_finish_reason": rejected.finish_reason,
+        "chosen_tokens": chosen.tokens,
+        "rejected_tokens": rejected.tokens,
     }
 
 
+def _length_check(chosen: Response, rejected: Response, ratio: float) -> str | None:
+    """``length_ratio`` when chosen has more than ``ratio`` times the rejected's tokens, ``length_unknown`` when
+    either count is unknown (or the rejected is empty), None when the pair passes."""
+    if chosen.tokens is None or not rejected.tokens:
+        return "length_unknown"
+    return "length_ratio" if chosen.tokens > ratio * rejected.tokens else None
+
+
 def build_pairs(
-    results: list[PromptResults],
-    types: Sequence[str],
-    min_margin: float,
-    template: Template,
-    origin: PairOrigin,
-    checks: RevisionChecks | None = None,
+    results: list[PromptResults], rules: PairsConfig, template: Template, origin: PairOrigin
 ) -> tuple[list[dict], Counter]:
-    """All pairs of the requested ``types``; the Counter holds ``type:reason`` for every candidate dropped."""
+    """All pairs of the types ``rules`` asks for; the Counter holds ``type:reason`` for every candidate dropped."""
     rows: list[dict] = []
     dropped: Counter = Counter()
-    checks = checks or RevisionChecks()
+    types, checks = rules.types, rules.revision_checks
+
+    def usable(response: Response) -> bool:
+        return response.score is not None and (rules.allow_truncated or not response.truncated)
 
     def keep(pair_type: str, prompt, chosen: Response, rejected: Response, item: PromptResults) -> None:
         margin = _score(chosen) - _score(rejected)
-        if margin <= 0 or margin < min_margin:
+        if margin <= 0 or margin < rules.min_margin:
             dropped[f"{pair_type}:below_margin" if margin > 0 else f"{pair_type}:not_better"] += 1
+        elif rules.max_length_ratio is not None and (reason := _length_check(chosen, rejected, rules.max_length_ratio)):
+            dropped[f"{pair_type}:{reason}"] += 1
         else:
             rows.append(_row(pair_type, item, prompt, chosen, rejected, origin))
 
     for item in results:
         scored = [s for s in item.samples if s.score is not None]
         if "on_policy" in types:
+            complete = [s for s in scored if usable(s)]
             if len(scored) < 2:
                 dropped["on_policy:unscored"] += 1
-            elif len({s.text for s in scored}) == 1:
+            elif len(complete) < 2:
+                dropped["on_policy:truncated"] += 1
+            elif len({s.text for s in complete}) == 1:
                 dropped["on_policy:identical"] += 1
-            elif len({s.score for s in scored}) == 1:
+            elif len({s.score for s in complete}) == 1:
                 dropped["on_policy:tied"] += 1
             else:
-                best = max(scored, key=_score)  # the first of equal scores wins: deterministic
-                worst = min(scored, key=_score)
+                best = max(complete, key=_score)  # the first of equal scores wins: deterministic
+                worst = min(complete, key=_score)
                 keep("on_policy", item.messages, best, worst, item)
         defects = {
             i: revision_defect(r.text, item.samples[i].text, template, checks) for i, r in item.revisions.items()
@@ -196,6 +220,8 @@ def build_pairs(
             revision_types = [t for t in ("revision", "revision_direct") if t in types]
             if revision_types and (revision.score is None or draft.score is None):
                 dropped.update(f"{t}:unscored" for t in revision_types)
+            elif revision_types and not (usable(revision) and usable(draft)):
+                dropped.update(f"{t}:truncated" for t in revision_types)
             elif revision_types and defects[index]:
                 dropped.update(f"{t}:{defects[index]}" for t in revision_types)
             else:
@@ -205,13 +231,17 @@ def build_pairs(
             if "reviser_train" in types:
                 if defects[index]:
                     dropped[f"reviser_train:revision_{defects[index]}"] += 1
-                candidates = [
+                offered = [
                     r
                     for r in [*item.samples, *(v for i, v in item.revisions.items() if not defects[i]), item.reference]
                     if r is not None and r.score is not None
                 ]
-                if draft.score is None or len(candidates) < 2:
+                candidates = [r for r in offered if usable(r)]
+                if draft.score is None or len(offered) < 2:
                     dropped["reviser_train:unscored"] += 1
+                    continue
+                if not usable(draft) or len(candidates) < 2:
+                    dropped["reviser_train:truncated"] += 1
                     continue
                 best = max(candidates, key=_score)
                 if best.text != draft.text:

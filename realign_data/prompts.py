@@ -56,6 +56,11 @@ class Prompt:
     def num_chars(self) -> int:
         return sum(len(m["content"]) for m in self.messages)
 
+    @property
+    def text(self) -> str:
+        """Every turn's content, one after another: what decontamination scans."""
+        return "\n".join(m["content"] for m in self.messages)
+
 
 @dataclass
 class PromptSet:
@@ -65,15 +70,20 @@ class PromptSet:
     column: str
     counts: dict[str, int] = field(default_factory=dict)
     token_lengths: list[int] | None = None
+    decontamination: dict[str, Any] | None = None  # the report of prompts.decontaminate, when it ran
 
     def record(self) -> dict[str, Any]:
-        """The prompt set as recorded in a version: source, fingerprint, column and counts."""
-        return {
+        """The prompt set as recorded in a version: source, fingerprint, column, counts and the decontamination
+        report (when one ran)."""
+        record = {
             "source": self.source,
             "fingerprint": self.source_fingerprint,
             "column": self.column,
             "counts": self.counts,
         }
+        if self.decontamination is not None:
+            record["decontamination"] = self.decontamination
+        return record
 
 
 def normalize(text: str) -> str:
@@ -397,6 +407,13 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
         unique = drop_near_duplicates(prompts, config.near_duplicates)
         counts["near_duplicates"] = len(prompts) - len(unique)
         prompts = unique
+    report = None
+    if config.decontaminate is not None:
+        from realign_data.decontaminate import decontaminate_prompts
+
+        clean, report = decontaminate_prompts(prompts, config.decontaminate)
+        counts["contaminated"] = len(prompts) - len(clean)
+        prompts = clean
     kept = [p for p in prompts if p.num_chars >= config.min_chars]
     counts["too_short"] = len(prompts) - len(kept)
     before = len(kept)
@@ -429,7 +446,7 @@ def load_prompts(config: PromptsConfig, tokenizer=None) -> PromptSet:
         lengths = [lengths[i] for i in chosen] if lengths is not None else None
     counts["not_sampled"] = before - len(kept)
     counts["kept"] = len(kept)
-    return PromptSet(kept, config.source, fingerprint, column, counts, lengths)
+    return PromptSet(kept, config.source, fingerprint, column, counts, lengths, report)
 
 
 def length_stats(values: list[int]) -> dict[str, float]:

@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from realign_data.errors import InputError
-from realign_data.schema import PAIR_SCHEMA
-from realign_data.store import create_version_tables
+from realign_data.store import PAIRS, SAMPLES, create_version_tables
 
 if TYPE_CHECKING:
     from realign_data.store import Store
@@ -44,21 +43,25 @@ def check_read_only(sql: str) -> None:
 
 
 def sandbox(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with views ``pairs`` and ``versions`` and table ``publications``, file access off."""
+    """An in-memory connection with views ``pairs``, ``samples`` and ``versions`` and table ``publications``, file
+    access off."""
     versions = store.versions()
     con = duckdb.connect(":memory:")
     create_version_tables(con, versions, {}, store.publications())
-    parts = []
-    for index, version in enumerate(versions):
-        con.register(
-            f"_data_{index}", ds.dataset([str(f) for f in version.files], format="parquet", schema=PAIR_SCHEMA)
-        )
-        parts.append(f"SELECT '{version.name}' AS dataset, {version.version} AS version, * FROM _data_{index}")
-    if not parts:
-        con.register("_data_empty", pa.Table.from_batches([], schema=PAIR_SCHEMA))
-        parts.append("SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * FROM _data_empty")
-    con.execute("CREATE VIEW pairs AS " + " UNION ALL ".join(parts))
-    con.execute("DROP TABLE empty_pairs")
+    for kind in (PAIRS, SAMPLES):
+        parts = []
+        for index, version in enumerate(versions):
+            if version.kind is kind:
+                files = [str(f) for f in version.files]
+                con.register(f"_{kind.name}_{index}", ds.dataset(files, format="parquet", schema=kind.schema))
+                parts.append(
+                    f"SELECT '{version.name}' AS dataset, {version.version} AS version, * FROM _{kind.name}_{index}"
+                )
+        if not parts:
+            con.register(f"_{kind.name}_empty", pa.Table.from_batches([], schema=kind.schema))
+            parts.append(f"SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * FROM _{kind.name}_empty")
+        con.execute(f"CREATE VIEW {kind.name} AS " + " UNION ALL ".join(parts))
+        con.execute(f"DROP TABLE empty_{kind.name}")
     for setting in (
         "SET enable_external_access = false",
         "SET disabled_filesystems = 'LocalFileSystem'",

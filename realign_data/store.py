@@ -1,10 +1,12 @@
-"""The versioned pair store: immutable ``NAME@vN`` versions of Parquet shards, catalogued in DuckDB.
+"""The versioned store: immutable ``NAME@vN`` versions of Parquet shards, catalogued in DuckDB.
 
-Layout under the root (``--store`` / ``$REALIGN_STORE``, default ``./realign-store``)::
+A dataset holds one kind of rows: ``pairs`` (the pair contract, realign_data.schema) or ``samples`` (every response
+of a build with its score, realign_data.samples), as its record's ``format`` says. Layout under the root
+(``--store`` / ``$REALIGN_STORE``, default ``./realign-store``)::
 
     datasets/NAME/vN/version.json         the version record: provenance, row counts, sha256 of every file
     datasets/NAME/vN/data/shard-00000.parquet
-    catalog.duckdb                        table catalog_versions; views versions and pairs
+    catalog.duckdb                        table catalog_versions; views versions, pairs and samples
     tmp/                                  staging for writes in progress
     runs/                                 per-run caches of the build stages
 
@@ -28,7 +30,7 @@ import shutil
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,17 +38,36 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from filelock import FileLock
 
 from realign_data.errors import InputError, IntegrityError, RealignError, describe_os_error
 from realign_data.files import json_text, sha256_file, write_json
 from realign_data.provenance import code_provenance, utc_now
-from realign_data.schema import PAIR_SCHEMA, conform
+from realign_data.quality import COLUMNS as LENGTH_COLUMNS
+from realign_data.quality import length_bias
+from realign_data.schema import PAIR_SCHEMA, SAMPLE_SCHEMA, conform, conform_samples
 
 log = logging.getLogger(__name__)
 
-FORMAT = "realign.pairs/1"
+
+@dataclass(frozen=True)
+class Kind:
+    """What a dataset's rows are: their schema and check, their unique id and the column they are counted by."""
+
+    name: str
+    format: str
+    schema: pa.Schema
+    conform: Callable[..., pa.Table]
+    id_column: str
+    type_column: str
+    counts_key: str  # the record key of the row counts by type_column
+
+
+PAIRS = Kind("pairs", "realign.pairs/1", PAIR_SCHEMA, conform, "pair_id", "pair_type", "rows_by_pair_type")
+SAMPLES = Kind("samples", "realign.samples/1", SAMPLE_SCHEMA, conform_samples, "sample_id", "kind", "rows_by_kind")
+KINDS = {kind.format: kind for kind in (PAIRS, SAMPLES)}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REF_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*?)(@v(?P<version>[0-9]+))?$")
 SHARD_ROWS = 500_000
@@ -58,7 +79,6 @@ RECORD_KEYS = (
     "version",
     "created_at",
     "num_rows",
-    "rows_by_pair_type",
     "files",
     "config",
     "inputs",
@@ -124,6 +144,26 @@ class Version:
     @cached_property
     def record(self) -> dict[str, Any]:
         return json.loads(self.record_path.read_text())
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.record["format"]]
+
+    @property
+    def rows_by_type(self) -> dict[str, int]:
+        return self.record[self.kind.counts_key]
+
+    def dataset(self) -> ds.Dataset:
+        """The rows under the kind's current schema (a column the files predate reads as nulls), footers checked."""
+        self.check_footers()
+        return ds.dataset([str(f) for f in self.files], format="parquet", schema=self.kind.schema)
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every row, as ``dataset`` gives them."""
+        try:
+            return self.dataset().to_table(columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise self.unreadable(exc) from None
 
     @property
     def files(self) -> list[Path]:
@@ -195,9 +235,9 @@ def create_version_tables(
     """Tables ``catalog_versions``, ``publications`` and ``empty_pairs`` and view ``versions`` on ``con``:
     the same definitions in the catalog file and in the query sandbox."""
     con.execute("""CREATE TABLE catalog_versions (
-        dataset VARCHAR, version INTEGER, ref VARCHAR, path VARCHAR, created_at TIMESTAMPTZ,
-        num_rows BIGINT, rows_by_pair_type JSON, num_files INTEGER, bytes BIGINT, record_sha256 VARCHAR,
-        realign_version VARCHAR, git_sha VARCHAR, config JSON, models JSON, inputs JSON)""")
+        dataset VARCHAR, version INTEGER, ref VARCHAR, kind VARCHAR, path VARCHAR, created_at TIMESTAMPTZ,
+        num_rows BIGINT, rows_by_pair_type JSON, rows_by_kind JSON, num_files INTEGER, bytes BIGINT,
+        record_sha256 VARCHAR, realign_version VARCHAR, git_sha VARCHAR, config JSON, models JSON, inputs JSON)""")
     _insert(
         con,
         "catalog_versions",
@@ -206,10 +246,12 @@ def create_version_tables(
                 v.name,
                 v.version,
                 v.ref,
+                v.kind.name,
                 str(v.path),
                 m["created_at"],
                 m["num_rows"],
-                json.dumps(m["rows_by_pair_type"]),
+                json.dumps(m["rows_by_pair_type"]) if v.kind is PAIRS else None,
+                json.dumps(m["rows_by_kind"]) if v.kind is SAMPLES else None,
                 len(m["files"]),
                 sum(f["bytes"] for f in m["files"]),
                 recorded.get(v.ref) or sha256_file(v.record_path),
@@ -224,8 +266,8 @@ def create_version_tables(
         ],
     )
     con.execute("""CREATE VIEW versions AS
-        SELECT dataset, version, ref, created_at, num_rows, rows_by_pair_type, num_files, bytes,
-               realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
+        SELECT dataset, version, ref, kind, created_at, num_rows, rows_by_pair_type, rows_by_kind, num_files,
+               bytes, realign_version, git_sha, path FROM catalog_versions ORDER BY dataset, version""")
     con.execute(
         "CREATE TABLE publications (ref VARCHAR, repo_id VARCHAR, hub_commit VARCHAR, "
         "published_at TIMESTAMPTZ, private BOOLEAN)"
@@ -238,8 +280,9 @@ def create_version_tables(
             for r in publications
         ],
     )
-    empty = PAIR_SCHEMA.empty_table()  # noqa: F841 (read by name below)
-    con.execute("CREATE TABLE empty_pairs AS SELECT * FROM empty")
+    for kind in (PAIRS, SAMPLES):
+        empty = kind.schema.empty_table()  # noqa: F841 (read by name below)
+        con.execute(f"CREATE TABLE empty_{kind.name} AS SELECT * FROM empty")
 
 
 def check_name(name: str, hint: str = "", what: str = "dataset name") -> None:
@@ -293,7 +336,11 @@ class Store:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             self.skipped[where] = f"{RECORD_FILE} unreadable ({str(exc).splitlines()[0]})"
             return None
-        missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else ["all"]
+        kind = KINDS.get(str(record.get("format"))) if isinstance(record, dict) else None
+        if isinstance(record, dict) and kind is None:
+            self.skipped[where] = f"{RECORD_FILE} has an unknown format {record.get('format')!r}"
+            return None
+        missing = [key for key in (*RECORD_KEYS, kind.counts_key) if key not in record] if kind is not None else ["all"]
         if missing:
             self.skipped[where] = f"{RECORD_FILE} lacks {', '.join(missing)}"
             return None
@@ -314,8 +361,15 @@ class Store:
         )
         return max(numbers, default=0) + 1
 
-    def resolve(self, ref: str) -> Version:
-        """``NAME@vN`` or ``NAME`` (its latest version)."""
+    def resolve(self, ref: str, kind: Kind | None = None) -> Version:
+        """``NAME@vN`` or ``NAME`` (its latest version); with ``kind``, a version of another kind is refused."""
+        version = self._resolve(ref)
+        if kind is not None and version.kind is not kind:
+            other = "pairs version (e.g. the build's NAME)" if kind is PAIRS else "samples version (NAME-samples)"
+            raise InputError(f"{version.ref} holds {version.kind.name}, not {kind.name}; pass a {other}")
+        return version
+
+    def _resolve(self, ref: str) -> Version:
         match = REF_PATTERN.match(ref)
         if not match:
             raise InputError(f"{ref!r}: expected NAME or NAME@vN (e.g. smoke@v1)")
@@ -334,6 +388,16 @@ class Store:
         raise InputError(f"no version {ref} in {self.root} (versions: {', '.join(v.ref for v in versions)})")
 
     # ---- writing -------------------------------------------------------------------------------------------
+    def check_kind(self, name: str, kind: Kind) -> None:
+        """Refuse to write ``kind`` rows as dataset ``name`` when it exists and holds another kind."""
+        check_name(name)
+        existing = self.versions(name)
+        if existing and existing[-1].kind is not kind:
+            raise InputError(
+                f"dataset {name!r} holds {existing[-1].kind.name}, not {kind.name}; write under another name "
+                "(e.g. --dataset)"
+            )
+
     def write_version(
         self,
         name: str,
@@ -345,23 +409,24 @@ class Store:
         stats: dict[str, Any] | None = None,
         shard_rows: int = SHARD_ROWS,
         source: str = "pairs",
+        kind: Kind = PAIRS,
     ) -> Version:
-        """Stream ``batches`` (checked against the pair contract) into a new immutable version of ``name``;
-        ``source`` names where the rows came from in error messages."""
-        check_name(name)
+        """Stream ``batches`` (checked against ``kind``'s contract) into a new immutable version of ``name``;
+        ``source`` names where the rows came from in error messages. A dataset holds one kind of rows."""
+        self.check_kind(name, kind)
         staging = self.root / "tmp" / staging_name(name)
         (staging / "data").mkdir(parents=True)
         try:
-            files, counts = self._write_shards(staging, batches, shard_rows, source)
+            files, counts = self._write_shards(staging, batches, shard_rows, source, kind)
             record = {
-                "format": FORMAT,
+                "format": kind.format,
                 "dataset": name,
                 "version": None,
                 "created_at": utc_now(),
                 "num_rows": sum(counts.values()),
-                "rows_by_pair_type": dict(sorted(counts.items())),
+                kind.counts_key: dict(sorted(counts.items())),
                 "files": files,
-                "schema": PAIR_SCHEMA.names,
+                "schema": kind.schema.names,
                 "config": config or {},
                 "inputs": inputs or {},
                 "models": models or {},
@@ -397,7 +462,7 @@ class Store:
             ) from None
 
     def _write_shards(
-        self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch], shard_rows: int, source: str
+        self, staging: Path, batches: Iterable[pa.Table | pa.RecordBatch], shard_rows: int, source: str, kind: Kind
     ) -> tuple[list[dict[str, Any]], Counter]:
         files: list[dict[str, Any]] = []
         counts: Counter = Counter()
@@ -420,23 +485,23 @@ class Store:
             )
 
         for batch in batches:
-            table = conform(
+            table = kind.conform(
                 pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch,
                 first_row=total,
                 where=source,
             )
-            for row, pair_id in enumerate(table["pair_id"].to_pylist()):
-                if pair_id in seen_ids:
+            for row, row_id in enumerate(table[kind.id_column].to_pylist()):
+                if row_id in seen_ids:
                     raise InputError(
-                        f"{source}: row {total + row}: field 'pair_id' {pair_id!r} is not unique in the version"
+                        f"{source}: row {total + row}: field '{kind.id_column}' {row_id!r} is not unique in the version"
                     )
-                seen_ids.add(pair_id)
-            counts.update(table["pair_type"].to_pylist())
+                seen_ids.add(row_id)
+            counts.update(table[kind.type_column].to_pylist())
             offset = 0
             while offset < table.num_rows:
                 if writer is None:
                     shard_path = staging / "data" / f"shard-{len(files):05d}.parquet"
-                    writer = pq.ParquetWriter(shard_path, PAIR_SCHEMA, compression="zstd")
+                    writer = pq.ParquetWriter(shard_path, kind.schema, compression="zstd")
                     shard_count = 0
                 take = min(shard_rows - shard_count, table.num_rows - offset)
                 writer.write_table(table.slice(offset, take), row_group_size=65_536)
@@ -449,7 +514,7 @@ class Store:
         if writer is not None:
             close_shard()
         if total == 0:
-            raise InputError(f"{source}: no rows to write; a dataset version holds at least one pair")
+            raise InputError(f"{source}: no rows to write; a dataset version holds at least one row")
         return files, counts
 
     def _remove_abandoned_staging(self) -> None:
@@ -472,7 +537,7 @@ class Store:
                 columns = _catalog_columns(con)
         except duckdb.Error as exc:
             return f"damaged ({str(exc).splitlines()[0]})"
-        if "record_sha256" not in columns:  # a catalog written before realign 0.2 named it manifest_sha256
+        if not {"record_sha256", "kind"} <= columns:  # a catalog written before realign 0.2 or 0.3
             return "stale"
         return "current" if rows == sorted((v.ref, str(v.path)) for v in versions) else "stale"
 
@@ -538,8 +603,8 @@ class Store:
         try:
             with duckdb.connect(str(path), read_only=True) as con:
                 refs = [r for (r,) in con.execute("SELECT ref FROM catalog_versions ORDER BY ref").fetchall()]
-                con.execute("SELECT * FROM pairs LIMIT 0").fetchall()
-                con.execute("SELECT * FROM versions LIMIT 0").fetchall()
+                for view in ("pairs", "samples", "versions"):
+                    con.execute(f"SELECT * FROM {view} LIMIT 0").fetchall()
         except duckdb.Error as exc:
             raise RealignError(f"the new catalog did not verify ({str(exc).splitlines()[0]})") from None
         if refs != sorted(v.ref for v in versions):
@@ -547,19 +612,20 @@ class Store:
 
     def _build_catalog(self, con: duckdb.DuckDBPyConnection, versions: list[Version], recorded: dict[str, str]) -> None:
         create_version_tables(con, versions, recorded, self.publications())
-        files = [str(f) for v in versions for f in v.files]
-        if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"""CREATE VIEW pairs AS
-                SELECT regexp_extract(filename, '/datasets/([^/]+)/v[0-9]+/data/', 1) AS dataset,
-                       CAST(regexp_extract(filename, '/datasets/[^/]+/v([0-9]+)/data/', 1) AS INTEGER) AS version,
-                       * EXCLUDE (filename)
-                FROM read_parquet([{listing}], filename = true)""")
-        else:  # an empty store: a typed, row-less table
-            con.execute(
-                "CREATE TABLE pairs AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * "
-                "FROM empty_pairs WHERE false"
-            )
+        for kind in (PAIRS, SAMPLES):
+            files = [str(f) for v in versions if v.kind is kind for f in v.files]
+            if files:  # union_by_name: versions written before a column was added read it as null
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(f"""CREATE VIEW {kind.name} AS
+                    SELECT regexp_extract(filename, '/datasets/([^/]+)/v[0-9]+/data/', 1) AS dataset,
+                           CAST(regexp_extract(filename, '/datasets/[^/]+/v([0-9]+)/data/', 1) AS INTEGER) AS version,
+                           * EXCLUDE (filename)
+                    FROM read_parquet([{listing}], filename = true, union_by_name = true)""")
+            else:  # a typed, row-less table
+                con.execute(
+                    f"CREATE TABLE {kind.name} AS SELECT NULL::VARCHAR AS dataset, NULL::INTEGER AS version, * "
+                    f"FROM empty_{kind.name} WHERE false"
+                )
 
     def publications(self) -> list[dict[str, Any]]:
         """Hub publications of this store's versions (``publications.jsonl``), oldest first."""
@@ -596,41 +662,70 @@ class Store:
         return run_query(self, sql)
 
     def summary(self, ref: str) -> dict[str, Any]:
-        """Rows by pair_type, score and margin quantiles and response lengths of one version."""
+        """Rows by pair_type, score and margin quantiles, response lengths and length bias of a pairs version, or
+        rows, scores, truncation and tokens by kind of a samples version."""
         version = self.resolve(ref)
-        with duckdb.connect() as con:
-            version.view(con, "v")
-            try:
-                result = con.execute("""
-                    SELECT pair_type, count(*) AS rows,
-                           quantile_cont(margin, [0, 0.25, 0.5, 0.75, 1]) AS margin_q,
-                           quantile_cont(chosen_score, [0, 0.5, 1]) AS chosen_score_q,
-                           quantile_cont(rejected_score, [0, 0.5, 1]) AS rejected_score_q,
-                           avg(length(chosen[1].content)) AS chosen_chars_mean,
-                           avg(length(rejected[1].content)) AS rejected_chars_mean,
-                           max(length(chosen[1].content)) AS chosen_chars_max,
-                           max(length(rejected[1].content)) AS rejected_chars_max,
-                           count(DISTINCT prompt_id) AS prompts
-                    FROM v GROUP BY pair_type ORDER BY pair_type""")
-                names = [d[0] for d in result.description]
-                by_type = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-            except duckdb.Error as exc:
-                raise version.unreadable(exc) from None
         record = version.record
+        if version.kind is SAMPLES:
+            by_kind = self._grouped(
+                version,
+                """
+                SELECT kind, count(*) AS rows, count(DISTINCT prompt_id) AS prompts, count(score) AS scored,
+                       count(*) FILTER (WHERE finish_reason = 'length') AS truncated,
+                       avg(completion_tokens) AS tokens_mean, avg(score) AS score_mean,
+                       min(score) AS score_min, max(score) AS score_max
+                FROM v GROUP BY kind ORDER BY kind""",
+            )
+            details: dict[str, Any] = {"by_kind": by_kind}
+        else:
+            by_type = self._grouped(
+                version,
+                """
+                SELECT pair_type, count(*) AS rows,
+                       quantile_cont(margin, [0, 0.25, 0.5, 0.75, 1]) AS margin_q,
+                       quantile_cont(chosen_score, [0, 0.5, 1]) AS chosen_score_q,
+                       quantile_cont(rejected_score, [0, 0.5, 1]) AS rejected_score_q,
+                       avg(length(chosen[1].content)) AS chosen_chars_mean,
+                       avg(length(rejected[1].content)) AS rejected_chars_mean,
+                       max(length(chosen[1].content)) AS chosen_chars_max,
+                       max(length(rejected[1].content)) AS rejected_chars_max,
+                       count(DISTINCT prompt_id) AS prompts
+                FROM v GROUP BY pair_type ORDER BY pair_type""",
+            )
+            details = {
+                "by_pair_type": by_type,
+                "length_bias": length_bias(version.read(list(LENGTH_COLUMNS))),
+                "dropped": record.get("stats", {}).get("dropped", {}),
+                "samples": record["inputs"].get("samples"),
+            }
         return {
             "ref": version.ref,
+            "kind": version.kind.name,
             "created_at": record["created_at"],
             "num_rows": record["num_rows"],
             "files": len(record["files"]),
             "bytes": sum(f["bytes"] for f in record["files"]),
             "models": record["models"],
-            "by_pair_type": by_type,
+            **details,
+            "decontamination": record["inputs"].get("prompts", {}).get("decontamination"),
         }
+
+    @staticmethod
+    def _grouped(version: Version, sql: str) -> list[dict[str, Any]]:
+        """The rows of ``sql`` over view ``v`` of ``version``, as dicts."""
+        with duckdb.connect() as con:
+            version.view(con, "v")
+            try:
+                result = con.execute(sql)
+                names = [d[0] for d in result.description]
+                return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+            except duckdb.Error as exc:
+                raise version.unreadable(exc) from None
 
     # ---- integrity and export ------------------------------------------------------------------------------
     def diff(self, left: str, right: str) -> dict[str, Any]:
         """Pairs added and removed (by pair_id), prompts only on one side, score and margin shifts of shared pairs."""
-        a, b = self.resolve(left), self.resolve(right)
+        a, b = self.resolve(left, PAIRS), self.resolve(right, PAIRS)
         with duckdb.connect() as con:
             a.view(con, "a")
             b.view(con, "b")

@@ -30,6 +30,10 @@ def pair_row(index: int = 0, **overrides) -> dict:
         "reviser_model": None if index % 2 == 0 else "tiny",
         "scorer": "judge:tiny",
         "sample_params": json.dumps({"temperature": 0.8, "seed": index}),
+        "chosen_finish_reason": "stop",
+        "rejected_finish_reason": "stop",
+        "chosen_tokens": 6 + index % 5,
+        "rejected_tokens": 3,
     }
     row.update(overrides)
     return row

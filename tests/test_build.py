@@ -27,6 +27,7 @@ def tiny_config(tiny_model_dir, **sets) -> BuildConfig:
         "generation.max_new_tokens": 8,
         "generation.temperature": 1.0,
         "pairs.types": ["on_policy", "revision", "revision_direct", "reviser_train"],
+        "pairs.allow_truncated": True,  # a random model never stops: every response hits max_new_tokens
         **sets,
     }
     return load_config(BuildConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
@@ -76,6 +77,7 @@ def test_rerun_reuses_every_cached_result_and_fresh_recomputes(tmp_path, tiny_mo
 
 def test_pairs_stage_writes_nothing_and_stage_commands_print_summaries(tmp_path, tiny_model_dir):
     args = ["--store", str(tmp_path), "--policy", str(tiny_model_dir), "--limit", "4", "--max-new-tokens", "6"]
+    args += ["--set", "pairs.allow_truncated=true"]  # a random model never stops
     generated = run_cli("generate", *args, check=True)
     assert "samples" in generated.stdout and "generate=8" in generated.stdout
     paired = run_cli("pairs", *args, check=True)
@@ -105,6 +107,8 @@ def build_command(store: Path, tiny_model_dir: Path) -> list[str]:
         "generation.temperature=1.0",
         "--set",
         "pairs.types=[on_policy, revision, reviser_train]",
+        "--set",
+        "pairs.allow_truncated=true",
     ]
 
 

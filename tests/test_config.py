@@ -114,5 +114,7 @@ def test_gpu_recipes_use_vllm_and_a_reward_model():
         assert config.engine.kind == "vllm" and config.generation.num_samples == 5
         assert config.scoring.method == "reward_model" and "Skywork" in config.scoring.model.spec
         assert config.prompts.source == "HuggingFaceH4/ultrafeedback_binarized:train_prefs"
+        # the paper's benchmarks are kept out of the training prompts
+        assert config.prompts.decontaminate.against == ["alpaca_eval", "arena-hard-v0.1", "arena-hard-v2.0"]
     llama = load_config(BuildConfig, REPO / "manifests" / "realign-llama3.2-1b.yaml")
     assert llama.policy.spec == "meta-llama/Llama-3.2-1B-Instruct" and llama.dataset == "realign-llama3.2-1b"

@@ -181,6 +181,7 @@ def build_config(**sets) -> BuildConfig:
         "generation.max_new_tokens": 8,
         "generation.temperature": 1.0,
         "pairs.types": ["on_policy"],
+        "pairs.allow_truncated": True,  # a random model never stops: every sample hits max_new_tokens
         **sets,
     }
     return load_config(BuildConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])

@@ -18,9 +18,9 @@ def recipe_yaml(tmp_path, tiny_model_dir):
         "  max_length: 320\n  learning_rate: 1.0e-3\n  eval_fraction: 0.25\n"
     )
     text = (
-        f"reviser_data:\n  dataset: r-data\n{build}  pairs: {{types: [reviser_train]}}\n"
+        f"reviser_data:\n  dataset: r-data\n{build}  pairs: {{types: [reviser_train], allow_truncated: true}}\n"
         f"reviser:\n  output_dir: {tmp_path / 'reviser'}\n{train}"
-        f"policy_data:\n  dataset: p-data\n{build}  pairs: {{types: [on_policy, revision]}}\n"
+        f"policy_data:\n  dataset: p-data\n{build}  pairs: {{types: [on_policy, revision], allow_truncated: true}}\n"
         f"policy:\n  output_dir: {tmp_path / 'policy'}\n  revision_weight: 2.0\n{train}"
     )
     path = tmp_path / "recipe.yaml"
@@ -50,4 +50,4 @@ def test_recipe_runs_the_loop_then_skips_finished_steps(tmp_path, tiny_model_dir
     for step in ("reviser data", "reviser", "policy data", "policy"):
         assert step in again.stdout
     assert again.stdout.count("skipped") == 4
-    assert [v.ref for v in store.versions()] == ["p-data@v1", "r-data@v1"]
+    assert [v.ref for v in store.versions()] == ["p-data@v1", "p-data-samples@v1", "r-data@v1", "r-data-samples@v1"]

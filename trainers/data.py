@@ -18,7 +18,7 @@ from realign_data.errors import InputError
 from realign_data.files import sha256_file
 from realign_data.models import chat_template_sha256, prompt_token_ids, token_ids_sha256
 from realign_data.schema import PAIR_TYPES
-from realign_data.store import Store
+from realign_data.store import PAIRS, Store
 from trainers.config import DatasetInput
 
 TRAINING_COLUMNS = ("prompt", "chosen", "rejected")
@@ -33,7 +33,7 @@ def _files_of(ref: str, store: Store) -> tuple[list[Path], dict[str, Any]]:
         if not files:
             raise InputError(f"{ref}: no .parquet or .jsonl files")
         return files, {"ref": ref, "files": {str(f): sha256_file(f) for f in files}}
-    version = store.resolve(ref)
+    version = store.resolve(ref, PAIRS)
     return version.files, {
         "ref": version.ref,
         "record_sha256": sha256_file(version.record_path),
