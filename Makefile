@@ -22,9 +22,10 @@ demo: setup
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass. The tests run in
 # $(TEST_WORKERS) processes (pytest-xdist), one compute thread each; TEST_WORKERS=0 runs them in this process.
+# --dist loadgroup keeps the tests of one xdist_group (the Ray tests: one local cluster) in one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS); status=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 # ruff (lint and format) and mypy, as CI runs them; `pre-commit install` runs the same on every commit.

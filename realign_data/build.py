@@ -39,10 +39,10 @@ from realign_data.config import (
 from realign_data.engines import GenerationRequest, SamplingParams, create_engine
 from realign_data.engines.base import model_identity
 from realign_data.errors import InputError, RealignError
+from realign_data.execution import RayExecutor
 from realign_data.files import content_key, write_json
 from realign_data.models import (
     chat_template_sha256,
-    load_model,
     load_tokenizer,
     prompt_token_ids,
     resolve_model,
@@ -55,7 +55,7 @@ from realign_data.quality import length_bias
 from realign_data.runs import StageCache
 from realign_data.samples import read_samples, samples_inputs, samples_name, samples_table
 from realign_data.schema import PAIR_SCHEMA
-from realign_data.scoring import LogprobJudge, RewardModelScorer, ScoreItem, TextJudge
+from realign_data.scoring import LogprobJudge, ScoreItem, TextJudge, batch_plan, make_scorer
 from realign_data.store import HOST, PAIRS, SAMPLES, Store, Version, check_name
 from realign_data.templates import Template, load_template
 
@@ -190,6 +190,7 @@ class Build:
         self.retries: dict[str, Counter[str]] = {}
         self.computed: Counter = Counter()
         self.revision_template = load_template("revision", ("instruction", "draft"), config.revision.template)
+        self.executor = RayExecutor(config.execution) if config.execution.backend == "ray" else None
         self.judge_template = load_template("judge", ("instruction", "response"), config.scoring.template)
 
     # ---- models and engines, loaded lazily and shared between roles ------------------------------------------
@@ -205,7 +206,9 @@ class Build:
     def engine(self, engine: EngineConfig, model: ModelConfig):
         key = (engine.kind, model.spec, model.dtype, model.device, tuple(engine.base_urls))
         if key not in self._engines:
-            self._engines[key] = create_engine(engine, model)
+            self._engines[key] = (
+                self.executor.engine(engine, model) if self.executor is not None else create_engine(engine, model)
+            )
         return self._engines[key]
 
     @property
@@ -390,39 +393,36 @@ class Build:
         return f"{method}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
 
     def scorer(self):
-        engine_config, model_config = self.judge
-        scoring = self.config.scoring
-        if scoring.method == "reward_model":
-            model = resolve_model(model_config.spec)
-            return RewardModelScorer(
-                load_model(model, "reward", model_config.dtype, model_config.device),
-                load_tokenizer(model),
-                scoring.batch_size,
-            )
-        if engine_config.kind == "hf":
-            return LogprobJudge(self.engine(engine_config, model_config), self.judge_template, scoring.batch_size)
-        return TextJudge(self.engine(engine_config, model_config), self.judge_template, scoring.max_attempts)
+        """The scorer in this process (sharing its engines with the other roles), or on the Ray cluster."""
+        if self.executor is not None:
+            return self.executor.scorer(self.config.scoring, self.judge, self.judge_template)
+        return make_scorer(self.config.scoring, self.judge, self.judge_template, self.engine)
 
     def score(self, items: list[ScoreItem], stage: str = "score") -> dict[str, float | None]:
-        """Scores by item key (None where the scorer could not rate)."""
+        """Scores by item key (None where the scorer could not rate).
+
+        An in-process scorer batches by length, and a score's last bits depend on its batch: the batches are planned
+        over every item, cached or not, and a batch with a missing item is scored whole, so a score is the same
+        whether the stage ran at once, resumed after a crash, or ran on Ray workers."""
         scorer_id = self.scorer_id()
         content = {item.key: content_key("score", scorer_id, item.prompt, item.response) for item in items}
         cache = StageCache(self.run_dir / "score", SCORES)
-        missing = list(
-            {
-                content[item.key]: ScoreItem(content[item.key], item.prompt, item.response)
-                for item in items
-                if content[item.key] not in cache
-            }.values()
+        unique = list(
+            {content[item.key]: ScoreItem(content[item.key], item.prompt, item.response) for item in items}.values()
         )
-        advance = self.progress(stage, len(missing))
-        if missing:
+        work = [item for item in unique if item.key not in cache]
+        if work and (plan := batch_plan(self.config.scoring, self.judge, self.judge_template, unique)) is not None:
+            work = [unique[i] for batch in plan if any(unique[i].key not in cache for i in batch) for i in batch]
+        advance = self.progress(stage, len(work))
+        if work:
             scorer = self.scorer()
             engine = getattr(scorer, "engine", None)
             before = Counter(getattr(engine, "stats", Counter()))
             failed_before, succeeded = len(self.failures.get(stage, [])), 0
             try:
-                for score in scorer.score(missing, advance):
+                for score in scorer.score(work, advance):
+                    if score.key in cache:  # scored earlier: rated again only to keep its batch whole
+                        continue
                     if score.score is None:  # never cached: a re-run rates it again
                         self.fail(stage, score.key, score.detail or "no score")
                         continue

@@ -580,6 +580,15 @@ def _stage_command(until: str, commit: bool, doc: str):
         engine: Annotated[str | None, typer.Option(help="hf, openai or vllm.")] = None,
         num_samples: Annotated[int | None, typer.Option(min=1, help="Samples per prompt.")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+        ray: Annotated[
+            str | None,
+            typer.Option(
+                "--ray",
+                metavar="ADDRESS",
+                help="Run the stages on Ray: local (start Ray on this machine), auto (the cluster `ray start` "
+                "made) or a cluster address; sets execution.backend=ray.",
+            ),
+        ] = None,
         from_samples: str | None = typer.Option(  # a default, not an annotation: `hidden` depends on the stage
             None,
             "--from-samples",
@@ -592,7 +601,7 @@ def _stage_command(until: str, commit: bool, doc: str):
             given: dict[str, Any] = {"--manifest": manifest, "--run-id": run_id, "--fresh": fresh or None}
             given |= {"--prompts": prompts}
             given |= {"--limit": limit, "--policy": policy, "--engine": engine, "--num-samples": num_samples}
-            given |= {"--max-new-tokens": max_new_tokens}
+            given |= {"--max-new-tokens": max_new_tokens, "--ray": ray}
             clashing = [flag for flag, value in given.items() if value is not None]
             if until != "pairs" or commit or clashing:
                 raise InputError(
@@ -614,6 +623,8 @@ def _stage_command(until: str, commit: bool, doc: str):
                 "engine.kind": engine,
                 "generation.num_samples": num_samples,
                 "generation.max_new_tokens": max_new_tokens,
+                "execution.backend": "ray" if ray else None,
+                "execution.address": ray,
             },
         )
         _run_stages(config, store, run_id, fresh, until, commit)

@@ -191,6 +191,27 @@ class PairsConfig(StrictModel):
     seed: int = 0
 
 
+class ExecutionConfig(StrictModel):
+    """Where the build stages run: in this process (``local``), or on a Ray cluster (``ray``), each stage's requests
+    spread over long-lived engine actors while this process keeps the stage cache."""
+
+    backend: Literal["local", "ray"] = "local"
+    address: str = Field(
+        "local",
+        description="ray: 'local' starts Ray on this machine, 'auto' joins the cluster of `ray start`, or a "
+        "cluster address (HOST:6379, ray://HOST:10001)",
+    )
+    workers: int = Field(2, ge=1, description="ray: engine actors per stage")
+    cpus_per_worker: float = Field(1.0, gt=0, description="ray: CPUs each actor reserves (and its torch threads)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs each actor reserves (vllm: tensor_parallel_size)")
+    chunk: int = Field(
+        32,
+        ge=1,
+        description="ray: requests per actor call: a killed actor redoes at most this many, and results "
+        "reach the cache chunk by chunk",
+    )
+
+
 class BuildConfig(StrictModel):
     """The whole `realign-data build` recipe; its defaults are the embedded CPU smoke recipe (smoke-cpu.yaml)."""
 
@@ -202,6 +223,7 @@ class BuildConfig(StrictModel):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     revision: RevisionConfig = Field(default_factory=RevisionConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 
 Config = TypeVar("Config", bound=BaseModel)

@@ -66,6 +66,12 @@ def hub_unreachable() -> str | None:
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
     if not host:
         return f"HF_ENDPOINT {url!r} names no host"
+    return unreachable(host, port)
+
+
+def unreachable(host: str, port: int, seconds: float = PROBE_SECONDS) -> str | None:
+    """Why ``host:port`` takes no TCP connection (a name that does not resolve, a refusal, silence), or None;
+    found out within about ``seconds`` (name resolution has no timeout of its own: it runs in a thread)."""
     found: list[str] = []
 
     def probe() -> None:
@@ -75,13 +81,13 @@ def hub_unreachable() -> str | None:
             found.append(f"the host {host} cannot be resolved")
             return
         try:
-            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            socket.create_connection((host, port), timeout=seconds).close()
         except OSError as exc:
             found.append(f"{host}:{port} does not answer ({type(exc).__name__})")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
-    thread.join(PROBE_SECONDS + 2)
+    thread.join(seconds + 2)
     if thread.is_alive():
-        return f"{host} does not answer within {PROBE_SECONDS + 2:.0f} s"
+        return f"{host} does not answer within {seconds + 2:.0f} s"
     return found[0] if found else None

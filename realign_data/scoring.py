@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from realign_data.config import EngineConfig, ModelConfig, ScoringConfig
 from realign_data.engines.base import GenerationRequest, Progress, SamplingParams
 from realign_data.errors import InputError
+from realign_data.models import load_model, load_tokenizer, prompt_token_ids, resolve_model
 from realign_data.templates import Template
 
 RATINGS = tuple(range(1, 11))
@@ -46,6 +48,42 @@ class Score:
     detail: str = ""
 
 
+REWARD_MAX_LENGTH = 4096  # tokens of (prompt, response) a reward model reads; the rest is cut
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """The batches (indices) an in-process scorer forms: by token length, ties in the given order, then cut every
+    ``batch_size``. Padding, and so the last bits of a score, depend on a batch's members: scoring the same batches
+    gives the same floats whichever process or Ray worker runs them."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def reward_ids(tokenizer, item: ScoreItem, max_length: int = REWARD_MAX_LENGTH) -> list[int]:
+    """The tokens a reward model scores: the conversation and the response under its chat template."""
+    messages = item.prompt + [{"role": "assistant", "content": item.response}]
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:max_length]
+
+
+def judge_ids(tokenizer, template: Template, item: ScoreItem) -> list[int]:
+    """The tokens an in-process judge reads before its rating: the judge prompt, then "Rating: "."""
+    prefix = tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
+    return prompt_token_ids(tokenizer, judge_messages(template, item)) + prefix
+
+
+def batch_plan(
+    scoring: ScoringConfig, judge: tuple[EngineConfig, ModelConfig], template: Template, items: list[ScoreItem]
+) -> list[list[int]] | None:
+    """The batches the in-process scorer of ``scoring`` forms over ``items`` (only their tokenizer is loaded), or
+    None for a text judge, whose items are independent requests."""
+    engine_config, model_config = judge
+    if scoring.method != "reward_model" and engine_config.kind != "hf":
+        return None
+    tokenizer = load_tokenizer(resolve_model(model_config.spec))
+    encode = reward_ids if scoring.method == "reward_model" else lambda t, item: judge_ids(t, template, item)
+    return length_batches([len(encode(tokenizer, item)) for item in items], scoring.batch_size)
+
+
 def judge_messages(template: Template, item: ScoreItem) -> list[dict[str, str]]:
     """The judge sees the instruction (last user turn) and the response, rendered into the judge template."""
     return [
@@ -59,7 +97,7 @@ def parse_rating(text: str) -> int | None:
 
 
 class RewardModelScorer:
-    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 4096):
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = REWARD_MAX_LENGTH):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
         if self.model.config.pad_token_id is None:
@@ -67,15 +105,8 @@ class RewardModelScorer:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
-        encoded = [
-            self.tokenizer.apply_chat_template(
-                item.prompt + [{"role": "assistant", "content": item.response}], tokenize=True, return_dict=True
-            )["input_ids"][: self.max_length]
-            for item in items
-        ]
-        order = sorted(range(len(items)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        encoded = [reward_ids(self.tokenizer, item, self.max_length) for item in items]
+        for chunk in length_batches([len(ids) for ids in encoded], self.batch_size):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
             logits = self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
             for i, value in zip(chunk, logits, strict=True):
@@ -134,11 +165,8 @@ class LogprobJudge:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
-        prefix_ids = self.engine.tokenizer(RATING_PREFIX, add_special_tokens=False)["input_ids"]
-        prompts = [self.engine.encode(judge_messages(self.template, item)) + prefix_ids for item in items]
-        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        prompts = [judge_ids(self.engine.tokenizer, self.template, item) for item in items]
+        for chunk in length_batches([len(ids) for ids in prompts], self.batch_size):
             for i, next_token in zip(chunk, self._next_token_logprobs([prompts[i] for i in chunk]), strict=True):
                 yield self._expected_rating(items[i].key, next_token)
             if progress:
@@ -235,3 +263,19 @@ class TextJudge:
                     if progress:
                         progress(1)
                     yield Score(result.request_id, None, result.error or f"unparseable: {text[:200]!r}")
+
+
+def make_scorer(scoring: ScoringConfig, judge: tuple[EngineConfig, ModelConfig], template: Template, engine_for):
+    """The scorer ``scoring`` asks for: a reward model loaded here, or a judge on the engine ``engine_for(engine
+    config, model config)`` gives (the build's shared engines in-process, a fresh one on a Ray worker)."""
+    engine_config, model_config = judge
+    if scoring.method == "reward_model":
+        model = resolve_model(model_config.spec)
+        return RewardModelScorer(
+            load_model(model, "reward", model_config.dtype, model_config.device),
+            load_tokenizer(model),
+            scoring.batch_size,
+        )
+    if engine_config.kind == "hf":
+        return LogprobJudge(engine_for(engine_config, model_config), template, scoring.batch_size)
+    return TextJudge(engine_for(engine_config, model_config), template, scoring.max_attempts)

@@ -68,3 +68,20 @@ def tiny_model_dir(tmp_path_factory, smollm2, tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, tiny_model_dir):
+    """The pairs of an uninterrupted `build_command` run, which killed-and-resumed runs must equal."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    from realign_data.store import Store
+    from tests.helpers import ONE_THREAD, build_command
+
+    store = tmp_path_factory.mktemp("uninterrupted")
+    env = {**os.environ, **ONE_THREAD}
+    subprocess.run(build_command(store, tiny_model_dir), check=True, capture_output=True, timeout=600, env=env)
+    version = Store(store).resolve("smoke@v1")
+    return [row for f in version.files for row in pq.read_table(f).to_pylist()]

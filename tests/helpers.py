@@ -119,3 +119,32 @@ def tree_digest(root: str | Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+# one torch thread in every build a test compares with another: float32 sums depend on the number of threads
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def build_command(store: Path, tiny_model_dir: Path) -> list[str]:
+    """`realign-data build` of 76 built-in prompts on the tiny model: long enough to be killed mid-stage."""
+    script = Path(sys.executable).parent / "realign-data"
+    return [
+        str(script),
+        "build",
+        "--store",
+        str(store),
+        "--policy",
+        str(tiny_model_dir),
+        "--limit",
+        "76",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--set",
+        "generation.temperature=1.0",
+        "--set",
+        "pairs.types=[on_policy, revision, reviser_train]",
+        "--set",
+        "pairs.allow_truncated=true",
+    ]

@@ -14,7 +14,7 @@ import pytest
 from realign_data.build import Build
 from realign_data.config import BuildConfig, load_config
 from realign_data.store import Store
-from tests.helpers import REPO, run_cli
+from tests.helpers import ONE_THREAD, REPO, build_command, run_cli
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
 
@@ -88,41 +88,13 @@ def test_pairs_stage_writes_nothing_and_stage_commands_print_summaries(tmp_path,
     assert "all cached" in built.stdout
 
 
-def build_command(store: Path, tiny_model_dir: Path) -> list[str]:
-    script = Path(sys.executable).parent / "realign-data"
-    return [
-        str(script),
-        "build",
-        "--store",
-        str(store),
-        "--policy",
-        str(tiny_model_dir),
-        "--limit",
-        "76",
-        "--num-samples",
-        "2",
-        "--max-new-tokens",
-        "12",
-        "--set",
-        "generation.temperature=1.0",
-        "--set",
-        "pairs.types=[on_policy, revision, reviser_train]",
-        "--set",
-        "pairs.allow_truncated=true",
-    ]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir):
-    store = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(build_command(store, tiny_model_dir), check=True, capture_output=True, timeout=600)
-    return pair_rows(Store(store).resolve("smoke@v1"))
-
-
 @pytest.mark.parametrize("stage", ["generate", "score", "revise"])
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path, tiny_model_dir, uninterrupted, stage):
     process = subprocess.Popen(
-        build_command(tmp_path, tiny_model_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        build_command(tmp_path, tiny_model_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ONE_THREAD},
     )
     stage_dir = tmp_path / "runs" / "smoke" / stage
     deadline = time.monotonic() + 300
@@ -133,7 +105,13 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path, tiny
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert Store(tmp_path).versions() == []
-    resumed = subprocess.run(build_command(tmp_path, tiny_model_dir), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        build_command(tmp_path, tiny_model_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **ONE_THREAD},
+    )
     assert resumed.returncode == 0, resumed.stderr
     samples = [
         row
@@ -271,7 +249,12 @@ def test_vllm_engine_matches_greedy_hf(tiny_model_dir):
         )
         for i, q in enumerate(["Hi", "What is 2+2?"])
     ]
-    served = {r.request_id: r for r in VLLMEngine(model, dtype="float32").generate(requests)}
+    engine = VLLMEngine(model, dtype="float32")
+    served = {r.request_id: r for r in engine.generate(requests)}
+    chunked = {r.request_id: r for r in engine.generate(requests, chunk=1)}  # one request per llm.chat call
+    assert {k: [c.text for c in r.completions] for k, r in chunked.items()} == {
+        k: [c.text for c in r.completions] for k, r in served.items()
+    }
     local = {r.request_id: r for r in HFEngine(model, device="cuda", dtype="float32").generate(requests)}
     for request_id, result in served.items():
         assert len(result.completions) == 2

@@ -66,6 +66,8 @@ def _run(kind: type[TrainConfig], manifest, sets, dataset_refs, model, output_di
         f"training the {'reviser' if kind is ReviserTrainConfig else 'policy'} ({config.loss_type}) ..."
     ):
         record = train(config, Store(store), resume)
+    if not record:  # another rank of a distributed run: rank 0 writes the model, the record and the summary
+        return
     metrics = record["metrics"]
     table = Table("", "value", title=f"realign-train {record['role']}")
     table.add_row("inputs", ", ".join(f"{i['ref']} ({i['used_rows']} rows)" for i in record["inputs"]))

@@ -174,7 +174,8 @@ def _preference_trainer(config: TrainConfig, model, train, eval_data, tokenizer,
 
 
 def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, Any]:
-    """Train the reviser or the policy as ``config`` says; returns the training record."""
+    """Train the reviser or the policy as ``config`` says; returns the training record (empty on the ranks of a
+    distributed run other than rank 0, which writes it)."""
     if not config.output_dir:
         raise InputError("no output directory: pass --output-dir DIR or set output_dir in the manifest")
     output = Path(config.output_dir)
@@ -245,6 +246,7 @@ def train(config: TrainConfig, store: Store, resume: bool = False) -> dict[str, 
         "model_out": trained.record(),
         "config": config_to_dict(config),
         "seed": config.seed,
+        "processes": trainer.args.world_size,  # data-parallel ranks (accelerate launch --num_processes)
         "metrics": {
             "global_step": result.global_step,
             "train_loss": result.training_loss,

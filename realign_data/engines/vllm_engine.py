@@ -1,5 +1,8 @@
 """The in-process vLLM engine (optional extra ``vllm``; CUDA only): tensor parallelism and per-request seeds.
 
+Requests go to ``llm.chat`` in chunks of ``CHUNK`` (vLLM schedules within a chunk as it would within the whole
+stage), and each chunk's results are yielded, and so cached, before the next one starts: a crash loses at most the
+chunk in flight, not the stage. Seeds are per request, so the chunking does not change the samples.
 Logprobs are vLLM's default raw ones: under the model's logits before penalties, temperature and filters.
 """
 
@@ -19,6 +22,8 @@ from realign_data.engines.base import (
 )
 from realign_data.errors import RealignError
 from realign_data.models import ResolvedModel, resolve_model
+
+CHUNK = 2048  # requests per llm.chat call: enough to keep the GPU busy, few enough to resume close to a crash
 
 
 class VLLMEngine:
@@ -54,8 +59,12 @@ class VLLMEngine:
         )
 
     def generate(
-        self, requests: list[GenerationRequest], progress: Progress | None = None
+        self, requests: list[GenerationRequest], progress: Progress | None = None, chunk: int = CHUNK
     ) -> Iterator[GenerationResult]:
+        for start in range(0, len(requests), chunk):
+            yield from self._generate(requests[start : start + chunk], progress)
+
+    def _generate(self, requests: list[GenerationRequest], progress: Progress | None) -> Iterator[GenerationResult]:
         from vllm import SamplingParams as VLLMSampling
 
         sampling = [
