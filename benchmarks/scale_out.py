@@ -88,7 +88,8 @@ def orchestration(count: int, chunk: int, repeats: int) -> dict[str, float]:
     def ray_side() -> None:
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            results = executor.map([[r] for r in requests], InstantWorker, (), Counter(), chunk)
+            groups = [[r] for r in requests]
+            results = executor.map(groups, InstantWorker, (), Counter(), chunk, lambda r: r.request_id)
             spent = cache_rows(results, StageCache(Path(folder), GENERATIONS))
             cache_share.append(spent / (time.perf_counter() - start))
 

@@ -99,10 +99,12 @@ class RayExecutor:
             log.info("ray: %s", ray.cluster_resources())
         return ray
 
-    def map(self, groups: list[list], worker: type, args: tuple, counters: Counter, per_call: int) -> Iterator[Any]:
+    def map(
+        self, groups: list[list], worker: type, args: tuple, counters: Counter, per_call: int, key: Callable
+    ) -> Iterator[Any]:
         """``groups`` of work through ``worker(*args)`` actors, ``per_call`` groups per actor call (a group is one
-        request, or one scorer batch, which stays whole); results as they arrive, the workers' counters added to
-        ``counters``."""
+        request, or one scorer batch, which stays whole); results as they arrive, each once by ``key(result)`` (a
+        task Ray retried after its results came delivers them again), the workers' counters added to ``counters``."""
         if not groups:
             return
         ray = self._connect()
@@ -116,12 +118,16 @@ class RayExecutor:
             num_cpus=self.config.cpus_per_worker,
             num_gpus=self.config.gpus_per_worker,
         )
+        seen: set[str] = set()
         try:
             for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
                 for text in batch["stats"]:
                     counters.update(json.loads(text))
                 for blob in batch["item"]:
-                    yield from pickle.loads(blob)
+                    for result in pickle.loads(blob):
+                        if key(result) not in seen:
+                            seen.add(key(result))
+                            yield result
         except (InputError, RealignError):
             raise
         except Exception as exc:  # noqa: BLE001 - an actor that cannot start, a lost node: one line
@@ -143,12 +149,10 @@ class RemoteEngine:
 
     def generate(self, requests: list, progress: Callable[[int], None]) -> Iterator[Any]:
         groups = [[request] for request in requests]
-        seen: set[str] = set()  # a task Ray retried after its results came delivers them again: once is enough
-        for result in self.executor.map(groups, _EngineWorker, self.args, self.stats, self.executor.config.chunk):
-            if result.request_id not in seen:
-                seen.add(result.request_id)
-                progress(1)
-                yield result
+        chunk = self.executor.config.chunk
+        for result in self.executor.map(groups, _EngineWorker, self.args, self.stats, chunk, lambda r: r.request_id):
+            progress(1)
+            yield result
 
 
 class RemoteScorer:
@@ -174,10 +178,7 @@ class RemoteScorer:
             groups, per_call = [[item] for item in items], chunk
         else:
             groups, per_call = [[items[i] for i in batch] for batch in plan], max(1, chunk // self.scoring.batch_size)
-        seen: set[str] = set()
-        for score in self.executor.map(groups, _ScorerWorker, self.args, self.stats, per_call):
-            if score.key not in seen:
-                seen.add(score.key)
-                if progress is not None:
-                    progress(1)
-                yield score
+        for score in self.executor.map(groups, _ScorerWorker, self.args, self.stats, per_call, lambda s: s.key):
+            if progress is not None:
+                progress(1)
+            yield score
