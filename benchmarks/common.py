@@ -7,6 +7,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -35,6 +36,35 @@ def compare(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool =
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(seconds(sides[name]))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def tiny_model(folder: Path, hidden: int = 64, layers: int = 2, reward: bool = False) -> Path:
+    """A random-weight Llama with SmolLM2's tokenizer and chat template (no download), saved under ``folder``:
+    a causal LM, or with ``reward`` a one-logit sequence classifier (a reward model)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from realign_data.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def finish(figures: dict[str, object], as_json: bool) -> None:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import arguments, compare, finish
+from common import arguments, compare, finish, tiny_model
 
 from realign_data.build import GENERATIONS
 from realign_data.config import BuildConfig, ExecutionConfig, load_config
@@ -104,32 +104,6 @@ def orchestration(count: int, chunk: int, repeats: int) -> dict[str, float]:
         "ray_over_local_time": times["ray"] / times["local"],
         "ray_cache_share": sorted(cache_share)[len(cache_share) // 2],
     }
-
-
-def tiny_model(folder: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from realign_data.models import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def generation(prompts: int, repeats: int) -> dict[str, float]:

@@ -16,6 +16,7 @@ import os
 import shutil
 import statistics
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -52,7 +53,7 @@ from realign_data.pairs import PairOrigin, PromptResults, Response, build_pairs,
 from realign_data.prompts import PromptSet, load_prompts
 from realign_data.provenance import redact, utc_now
 from realign_data.quality import length_bias
-from realign_data.runs import StageCache
+from realign_data.runs import StageCache, record_throughput
 from realign_data.samples import read_samples, samples_inputs, samples_name, samples_table
 from realign_data.schema import PAIR_SCHEMA
 from realign_data.scoring import LogprobJudge, ScoreItem, TextJudge, batch_plan, make_scorer
@@ -223,6 +224,8 @@ class Build:
                 "scoring.model is required with scoring.method=reward_model, e.g. "
                 "--set scoring.model.spec=Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
             )
+        if self.config.scoring.method == "reward_model":  # in-process transformers unless an engine is named
+            return self.config.scoring.engine or EngineConfig(kind="hf"), model
         return self.config.scoring.engine or self.config.engine, model
 
     def sample_params(self) -> SamplingParams:
@@ -302,6 +305,18 @@ class Build:
             shown = "; ".join(f"{f['id'][:16]}: {f['detail'][:80]}" for f in failed[:EXAMPLES])
             raise RealignError(f"{stage}: every request failed ({len(failed)} failure(s): {reasons}); e.g. {shown}")
 
+    def _measured(self, stage: str, worker: str, measured: Counter, started: float) -> None:
+        """Record what ``stage`` computed and how long it took, for later --plan estimates (nothing when idle)."""
+        if measured["units"]:
+            execution = self.config.execution
+            backend = "local" if execution.backend == "local" else f"ray x{execution.workers}"
+            record_throughput(
+                self.run_dir.parent,
+                {"stage": stage, "worker": worker, "backend": backend, "host": HOST, "at": utc_now()}
+                | dict(measured)
+                | {"seconds": round(time.monotonic() - started, 3)},
+            )
+
     def _count_retries(self, stage: str, engine, before: Counter) -> None:
         stats = getattr(engine, "stats", Counter())
         delta = {
@@ -332,34 +347,42 @@ class Build:
         engine = self.engine(*engine_model)
         before = Counter(getattr(engine, "stats", Counter()))
         failed_before, succeeded = len(self.failures.get(stage, [])), 0
+        measured: Counter[str] = Counter()
+        chars = {r.request_id: sum(len(m["content"]) for m in r.messages) for r in requests}
+        started = time.monotonic()
         try:
             for result in engine.generate(requests, advance):
                 if result.error is not None:
                     self.fail(stage, result.request_id, result.error)
                     continue
+                rows = []
                 for row in rows_for(result):
-                    if not row["text"].strip():
+                    if row["text"].strip():
+                        rows.append(row)
+                    else:
                         self.fail(
                             stage, f"{row['prompt_id']}#{row['index']}", "empty response: the model returned no text"
                         )
-                        continue
-                    cache.add(row)
-                    self.computed[stage] += 1
-                    succeeded += 1
+                # a sample cached by a killed run is asked again with its prompt's others: not computed twice
+                self.computed[stage] += cache.add(*rows)
+                succeeded += len(rows)
+                if result.completions:
+                    measured.update(
+                        units=len(result.completions),
+                        completion_tokens=sum(c.completion_tokens for c in result.completions),
+                        prompt_chars=chars[result.request_id],
+                        prompt_tokens=result.completions[0].prompt_tokens,
+                    )
         finally:
             cache.flush()
             self._count_retries(stage, engine, before)
+            self._measured(stage, self.generator_id(*engine_model), measured, started)
         self._check_stage(stage, succeeded, failed_before)
 
     def generate(self, prompts: PromptSet) -> dict[str, list[dict]]:
         """K samples per prompt from the policy: {prompt_id: [sample rows by index]}."""
         params = self.sample_params()
-        identity = self.identity(self.config.engine, self.config.policy)
-        key_params = {k: v for k, v in params.as_dict().items() if k != "n"}
-        keys = {
-            p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
-            for p in prompts.prompts
-        }
+        keys = self.sample_keys(prompts)
         cache = StageCache(self.run_dir / "generate", GENERATIONS)
         missing = [
             GenerationRequest(p.prompt_id, p.messages, params)
@@ -385,10 +408,40 @@ class Build:
         present = {pid: [row for k in ks if (row := cache.get(k)) is not None] for pid, ks in keys.items()}
         return {pid: rows for pid, rows in present.items() if rows}
 
+    def sample_keys(self, prompts: PromptSet) -> dict[str, list[str]]:
+        """The cache keys of every prompt's K samples: {prompt_id: [key of sample 0, 1, ...]}."""
+        params = self.sample_params()
+        identity = self.identity(self.config.engine, self.config.policy)
+        key_params = {k: v for k, v in params.as_dict().items() if k != "n"}
+        return {
+            p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
+            for p in prompts.prompts
+        }
+
+    def score_key(self, prompt: list[dict[str, str]], response: str) -> str:
+        return content_key("score", self.scorer_id(), prompt, response)
+
+    def revision_drafts(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, tuple]:
+        """The drafts to revise by cache key: {key: (prompt, position among the prompt's samples, draft row)}."""
+        params, identity = self.revision_params(), self.identity(*self.reviser)
+        drafts = {}
+        for prompt in prompts.prompts:
+            for index, draft in enumerate(samples.get(prompt.prompt_id, [])[: self.config.revision.drafts_per_prompt]):
+                key = content_key(
+                    "revise", identity, self.revision_template.sha256, params.as_dict(), prompt.prompt_id, draft["text"]
+                )
+                drafts[key] = (prompt, index, draft)
+        return drafts
+
+    def generator_id(self, engine: EngineConfig, model: ModelConfig) -> str:
+        """What a generation stage's throughput depends on: the engine kind and the model."""
+        return f"{engine.kind}:{self.identity(engine, model)}"
+
     def scorer_id(self) -> str:
         engine_config, model_config = self.judge
-        if self.config.scoring.method == "reward_model":
-            return f"reward:{self.identity(EngineConfig(kind='hf'), model_config)}"
+        if self.config.scoring.method == "reward_model":  # reward:SPEC@FP (transformers), reward:vllm:SPEC@FP,
+            kind = "vllm:" if engine_config.kind == "vllm" else ""  # reward:openai:NAME (served)
+            return f"reward:{kind}{self.identity(engine_config, model_config)}"
         method = (LogprobJudge if engine_config.kind == "hf" else TextJudge).method
         return f"{method}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
 
@@ -404,8 +457,7 @@ class Build:
         An in-process scorer batches by length, and a score's last bits depend on its batch: the batches are planned
         over every item, cached or not, and a batch with a missing item is scored whole, so a score is the same
         whether the stage ran at once, resumed after a crash, or ran on Ray workers."""
-        scorer_id = self.scorer_id()
-        content = {item.key: content_key("score", scorer_id, item.prompt, item.response) for item in items}
+        content = {item.key: self.score_key(item.prompt, item.response) for item in items}
         cache = StageCache(self.run_dir / "score", SCORES)
         unique = list(
             {content[item.key]: ScoreItem(content[item.key], item.prompt, item.response) for item in items}.values()
@@ -419,6 +471,7 @@ class Build:
             engine = getattr(scorer, "engine", None)
             before = Counter(getattr(engine, "stats", Counter()))
             failed_before, succeeded = len(self.failures.get(stage, [])), 0
+            started = time.monotonic()
             try:
                 for score in scorer.score(work, advance):
                     if score.key in cache:  # scored earlier: rated again only to keep its batch whole
@@ -432,6 +485,7 @@ class Build:
             finally:
                 cache.flush()
                 self._count_retries(stage, engine, before)
+                self._measured(stage, self.scorer_id(), Counter(units=len(work)), started)
                 if getattr(scorer, "reasks", 0):
                     self.retries.setdefault(stage, Counter())["reask:unparseable"] += scorer.reasks
             self._check_stage(stage, succeeded, failed_before)
@@ -474,14 +528,7 @@ class Build:
     def revise(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
         """Revisions of drafts 0..drafts_per_prompt-1: {prompt_id: {draft index: revision row}}."""
         params = self.revision_params()
-        identity = self.identity(*self.reviser)
-        drafts = {}  # key -> (prompt, position of the draft among the prompt's samples, the draft sample)
-        for prompt in prompts.prompts:
-            for index, draft in enumerate(samples.get(prompt.prompt_id, [])[: self.config.revision.drafts_per_prompt]):
-                key = content_key(
-                    "revise", identity, self.revision_template.sha256, params.as_dict(), prompt.prompt_id, draft["text"]
-                )
-                drafts[key] = (prompt, index, draft)
+        drafts = self.revision_drafts(prompts, samples)
         cache = StageCache(self.run_dir / "revise", GENERATIONS)
         missing = [
             GenerationRequest(key, revision_prompt(self.revision_template, prompt.messages, draft["text"]), params)
@@ -515,13 +562,13 @@ class Build:
     def run(self, until: str = "pairs") -> BuildResult:
         """Run the stages up to and including ``until`` (one of STAGES), holding the run folder."""
         prompts = self.load_prompts()  # bad input is refused before the run folder is touched
-        self._check_models(until)
+        self.check_models(until)
         self.store.check_kind(self.config.dataset, PAIRS)  # a name clash is refused before any compute
         self.store.check_kind(samples_name(self.config.dataset), SAMPLES)
         with self.holding_run():
             return self._run(prompts, until)
 
-    def _check_models(self, until: str) -> None:
+    def check_models(self, until: str) -> None:
         """Resolve every model and check every engine the stages up to ``until`` need, before anything is written."""
         roles = [(self.config.engine, self.config.policy)]
         if STAGES.index(until) >= 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -566,6 +567,47 @@ def _print_summary(result: BuildResult, until: str) -> None:
     console.print(table)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
+
+
+def _print_plan(config: BuildConfig, store: Path | None, run_id: str | None, fresh: bool, until: str, fmt: Format):
+    """The build's remaining work per stage (realign_data.plan), as a table with its caveats, JSON or CSV."""
+    from realign_data.build import Build
+    from realign_data.plan import plan_build
+
+    build = Build(config, open_store(store), run_id=run_id, fresh=fresh)
+    plans = plan_build(build, until)
+    if fmt is not Format.table:
+        if fmt is Format.json:
+            print_json(
+                {"dataset": config.dataset, "run_dir": str(build.run_dir), "stages": [p.as_dict() for p in plans]}
+            )
+        else:
+            emit(list(plans[0].as_dict()), [list(p.as_dict().values()) for p in plans], fmt)
+        return
+    table = Table("stage", "to run", "cached", "max new tokens", "time", "cost", title=f"plan of {config.dataset}")
+    for p in plans:
+        bound = "" if p.exact else "<="
+        unit = "req" if p.unit == "requests" else "items"
+        time = "unknown" if p.seconds is None else f"{bound}{_duration(p.seconds)}"
+        cost = "-" if p.cost_usd is None else f"{bound}${p.cost_usd:,.2f}"
+        table.add_row(p.stage, f"{bound}{p.to_run:,} {unit}", f"{p.cached:,}", f"{p.new_tokens:,}", time, cost)
+    console.print(table)
+    unmeasured = {(p.worker, p.backend) for p in plans if p.seconds is None and p.to_run}
+    for worker, backend in sorted(unmeasured):
+        shown = re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]+", r"\1...", worker)
+        console.print(f"time unknown: no earlier run of {shown} ({backend}) in this store")
+    if not all(p.exact for p in plans):
+        console.print("<=: counted before the responses it depends on exist (some may come out cached)")
+    if all(p.cost_usd is None for p in plans):
+        console.print("cost: set engine.price (USD per million tokens: input, output) to see it")
+
+
 def _stage_command(until: str, commit: bool, doc: str):
     def command(
         manifest: ManifestOption = None,
@@ -596,12 +638,24 @@ def _stage_command(until: str, commit: bool, doc: str):
             help="Rebuild pairs from a stored samples version (NAME-samples@vN) under its build's config and "
             "your --set pairs.* rules, and write them as a new version: nothing is generated or scored again.",
         ),
+        plan: Annotated[
+            bool,
+            typer.Option(
+                "--plan",
+                help="Show what is still to compute, stage by stage: requests left after the cache, the tokens "
+                "they generate at most, the time at the throughput earlier runs of this store measured, the cost "
+                "at engine.price. Loads no model and writes nothing.",
+            ),
+        ] = False,
+        fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format of --plan.")] = Format.table,
     ) -> None:
+        if fmt is not Format.table and not plan:
+            raise InputError("--format goes with --plan (a build prints its summary as a table)")
         if from_samples is not None:
             given: dict[str, Any] = {"--manifest": manifest, "--run-id": run_id, "--fresh": fresh or None}
             given |= {"--prompts": prompts}
             given |= {"--limit": limit, "--policy": policy, "--engine": engine, "--num-samples": num_samples}
-            given |= {"--max-new-tokens": max_new_tokens, "--ray": ray}
+            given |= {"--max-new-tokens": max_new_tokens, "--ray": ray, "--plan": plan or None}
             clashing = [flag for flag, value in given.items() if value is not None]
             if until != "pairs" or commit or clashing:
                 raise InputError(
@@ -627,7 +681,10 @@ def _stage_command(until: str, commit: bool, doc: str):
                 "execution.address": ray,
             },
         )
-        _run_stages(config, store, run_id, fresh, until, commit)
+        if plan:
+            _print_plan(config, store, run_id, fresh, until, fmt)
+        else:
+            _run_stages(config, store, run_id, fresh, until, commit)
 
     command.__doc__ = doc
     return command

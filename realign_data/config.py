@@ -94,6 +94,13 @@ NO_BASE_URLS = (
 )
 
 
+class PriceConfig(StrictModel):
+    """What an engine's tokens cost, for `realign-data build --plan`: USD per million tokens."""
+
+    input: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    output: float = Field(0.0, ge=0, description="USD per million generated tokens")
+
+
 class EngineConfig(StrictModel):
     """The generation backend; `openai` reaches any OpenAI-compatible server."""
 
@@ -112,6 +119,7 @@ class EngineConfig(StrictModel):
         le=1,
         description="vllm: GPU memory share for its KV cache; leave room for an in-process reward model",
     )
+    price: PriceConfig | None = Field(None, description="USD per million tokens, for the cost `build --plan` shows")
 
 
 class GenerationConfig(StrictModel):

@@ -7,6 +7,7 @@ results buffered since the last flush; a re-run reads the parts and computes onl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -45,13 +46,15 @@ class StageCache:
     def get(self, key: str) -> dict[str, Any] | None:
         return self.rows.get(key)
 
-    def add(self, row: dict[str, Any]) -> None:
-        if row["key"] in self.rows:
-            return
-        self.rows[row["key"]] = row
-        self._buffer.append(row)
+    def add(self, *rows: dict[str, Any]) -> int:
+        """Buffer the rows not cached yet (the rows of one result land in the same part); how many were new."""
+        new = [row for row in rows if row["key"] not in self.rows]
+        for row in new:
+            self.rows[row["key"]] = row
+        self._buffer.extend(new)
         if len(self._buffer) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
+        return len(new)
 
     def flush(self) -> None:
         if not self._buffer:
@@ -66,3 +69,31 @@ class StageCache:
         os.rename(staging, self.directory / name)
         self._buffer.clear()
         self._last_flush = time.monotonic()
+
+
+THROUGHPUT = "throughput.jsonl"  # under <store>/runs/: what each stage of every run measured
+
+
+def record_throughput(runs_dir: Path, record: dict[str, Any]) -> None:
+    """Append one stage's measurement (what ran, on what, how much, how long) as one line, in one write: runs of
+    the same store append beside each other, and ``realign-data build --plan`` estimates from them."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runs_dir / THROUGHPUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_throughput(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every stage measurement of the store; a line cut by a killed process or a full disk is skipped."""
+    path = runs_dir / THROUGHPUT
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            log.warning("%s:%d: not a measurement (cut short?); skipped", path, number)
+    return records

@@ -48,6 +48,7 @@ class Score:
     detail: str = ""
 
 
+JUDGE_MAX_NEW_TOKENS = 24  # a text judge's answer: "Rating: N" and a few words
 REWARD_MAX_LENGTH = 4096  # tokens of (prompt, response) a reward model reads; the rest is cut
 
 
@@ -74,10 +75,10 @@ def judge_ids(tokenizer, template: Template, item: ScoreItem) -> list[int]:
 def batch_plan(
     scoring: ScoringConfig, judge: tuple[EngineConfig, ModelConfig], template: Template, items: list[ScoreItem]
 ) -> list[list[int]] | None:
-    """The batches the in-process scorer of ``scoring`` forms over ``items`` (only their tokenizer is loaded), or
-    None for a text judge, whose items are independent requests."""
+    """The batches the transformers scorer of ``scoring`` forms over ``items`` (only their tokenizer is loaded), or
+    None for a scorer whose items are independent requests (a text judge, a reward model on vLLM or served)."""
     engine_config, model_config = judge
-    if scoring.method != "reward_model" and engine_config.kind != "hf":
+    if engine_config.kind != "hf":
         return None
     tokenizer = load_tokenizer(resolve_model(model_config.spec))
     encode = reward_ids if scoring.method == "reward_model" else lambda t, item: judge_ids(t, template, item)
@@ -113,6 +114,58 @@ class RewardModelScorer:
                 yield Score(items[i].key, value)
             if progress:
                 progress(len(chunk))
+
+
+class VLLMRewardScorer:
+    """The same reward model and tokens as ``RewardModelScorer``, on vLLM's pooling runner (``engine.kind: vllm``):
+    the classification head's raw first output (vLLM's sigmoid switched off), in chunks of ``CHUNK`` items."""
+
+    def __init__(self, model, engine: EngineConfig, dtype: str, max_length: int = REWARD_MAX_LENGTH):
+        from realign_data.engines.vllm_engine import load_llm
+
+        self.llm = load_llm(
+            model,
+            engine.tensor_parallel_size,
+            dtype,
+            engine.gpu_memory_utilization,
+            runner="pooling",
+            convert="classify",
+        )
+        from vllm import PoolingParams
+
+        # vLLM renamed the switch: `activation` up to 0.11.0, `use_activation` from 0.11.1
+        names = inspect.signature(PoolingParams).parameters
+        self.params = PoolingParams(**{"use_activation" if "use_activation" in names else "activation": False})
+        self.tokenizer, self.max_length = load_tokenizer(model), max_length
+
+    def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
+        from realign_data.engines.vllm_engine import CHUNK
+
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            prompts = [{"prompt_token_ids": reward_ids(self.tokenizer, item, self.max_length)} for item in chunk]
+            outputs = self.llm.classify(prompts, pooling_params=self.params, use_tqdm=False)
+            for item, output in zip(chunk, outputs, strict=True):
+                yield Score(item.key, float(output.outputs.probs[0]))
+            if progress:
+                progress(len(chunk))
+
+
+class ServedRewardScorer:
+    """A reward model served by vLLM (``engine.kind: openai``; ``vllm serve MODEL --runner pooling``): each
+    conversation and response through ``/classify`` (rendered by the server's chat template), the raw first output.
+    A request that fails after its retries is an unrated item, counted, and asked again by a re-run."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def score(self, items: list[ScoreItem], progress: Progress | None = None) -> Iterator[Score]:
+        conversations = [(item.key, item.prompt + [{"role": "assistant", "content": item.response}]) for item in items]
+        for result in self.engine.classify(conversations, progress):
+            if result.values is None:
+                yield Score(result.request_id, None, result.error or "no score")
+            else:
+                yield Score(result.request_id, result.values[0])
 
 
 class LogprobJudge:
@@ -244,7 +297,11 @@ class TextJudge:
         remaining = {item.key: item for item in items}
         for attempt in range(self.max_attempts):
             params = SamplingParams(
-                n=1, temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_new_tokens=24, seed=self.seed + attempt
+                n=1,
+                temperature=0.0 if attempt == 0 else 0.7,
+                top_p=1.0,
+                max_new_tokens=JUDGE_MAX_NEW_TOKENS,
+                seed=self.seed + attempt,
             )
             requests = [
                 GenerationRequest(key, judge_messages(self.template, item), params) for key, item in remaining.items()
@@ -269,8 +326,12 @@ def make_scorer(scoring: ScoringConfig, judge: tuple[EngineConfig, ModelConfig],
     """The scorer ``scoring`` asks for: a reward model loaded here, or a judge on the engine ``engine_for(engine
     config, model config)`` gives (the build's shared engines in-process, a fresh one on a Ray worker)."""
     engine_config, model_config = judge
+    if scoring.method == "reward_model" and engine_config.kind == "openai":
+        return ServedRewardScorer(engine_for(engine_config, model_config))
     if scoring.method == "reward_model":
         model = resolve_model(model_config.spec)
+        if engine_config.kind == "vllm":
+            return VLLMRewardScorer(model, engine_config, model_config.dtype)
         return RewardModelScorer(
             load_model(model, "reward", model_config.dtype, model_config.device),
             load_tokenizer(model),

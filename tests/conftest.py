@@ -71,6 +71,19 @@ def tiny_model_dir(tmp_path_factory, smollm2, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reward_model_dir(tmp_path_factory, tiny_model_dir, tokenizer) -> Path:
+    """The tiny Llama with a one-logit sequence-classification head (a reward model, Skywork-Reward style)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-reward")
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, tiny_model_dir):
     """The pairs of an uninterrupted `build_command` run, which killed-and-resumed runs must equal."""
     import subprocess

@@ -36,6 +36,7 @@ class ScriptedOpenAIServer:
         self.calls = 0
         self.in_flight = self.max_in_flight = 0
         self.seen: Counter = Counter()
+        self.paths: Counter = Counter()  # requests by URL path
         self.lock = threading.Lock()
         server = self
 
@@ -51,6 +52,7 @@ class ScriptedOpenAIServer:
                 identity = json.dumps(request["messages"], sort_keys=True)
                 with server.lock:
                     server.calls += 1
+                    server.paths[self.path] += 1
                     seen = server.seen[identity]
                     server.seen[identity] += 1
                     server.in_flight += 1

@@ -18,7 +18,8 @@ from tests.helpers import ONE_THREAD, REPO, build_command, run_cli
 from tests.openai_server import Reply, ScriptedOpenAIServer
 
 
-def tiny_config(tiny_model_dir, **sets) -> BuildConfig:
+def tiny_sets(tiny_model_dir, **sets) -> list[str]:
+    """The tiny build's config as `--set KEY=VALUE` values (what tiny_config loads, for the CLI)."""
     values = {
         "dataset": "tiny",
         "policy.spec": str(tiny_model_dir),
@@ -30,7 +31,11 @@ def tiny_config(tiny_model_dir, **sets) -> BuildConfig:
         "pairs.allow_truncated": True,  # a random model never stops: every response hits max_new_tokens
         **sets,
     }
-    return load_config(BuildConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def tiny_config(tiny_model_dir, **sets) -> BuildConfig:
+    return load_config(BuildConfig, None, tiny_sets(tiny_model_dir, **sets))
 
 
 def pair_rows(version):
@@ -69,7 +74,9 @@ def test_rerun_reuses_every_cached_result_and_fresh_recomputes(tmp_path, tiny_mo
     assert again.stats["computed"] == {} and second._engines == {}  # nothing computed, no model even loaded
     assert again.rows == pair_rows(v1)
     more = Build(tiny_config(tiny_model_dir, **{"generation.num_samples": 4}), store).run()
-    assert more.stats["computed"]["generate"] == 6 * 4  # a new n changes every request: all samples regenerated
+    # samples 0-2 of each prompt are cached (a key holds the sample index, not n): sample 3 is the new result
+    assert more.stats["computed"]["generate"] == 6
+    assert more.stats["samples"] == 6 * 4
     fresh = Build(tiny_config(tiny_model_dir), store, fresh=True).run()
     assert fresh.stats["computed"]["generate"] == 18
     assert fresh.rows == again.rows
@@ -192,21 +199,23 @@ def test_embedded_default_end_to_end(tmp_path, smollm2):
     assert store.verify("smoke@v1") == []
     assert version.record["inputs"]["prompts"]["counts"]["kept"] == 6
     assert version.record["stats"]["samples"] == 12 and version.record["stats"]["revisions"] == 6
-    assert (
-        version.record["rows_by_pair_type"]["on_policy"] >= 1 and version.record["rows_by_pair_type"]["revision"] >= 1
-    )
+    # Which candidates SmolLM2 leaves usable varies with the machine (thread count changes its sampled text), so the
+    # test asks what holds on every machine: pairs come out, and every prompt's on-policy candidate and every revision
+    # is either a pair or a counted drop.
+    rows, dropped = version.record["rows_by_pair_type"], version.record["stats"]["dropped"]
+    assert sum(rows.values()) >= 1
+    for pair_type in ("on_policy", "revision"):
+        reasons = sum(n for key, n in dropped.items() if key.startswith(f"{pair_type}:"))
+        assert rows.get(pair_type, 0) + reasons == 6, (pair_type, rows, dropped)
     assert version.record["models"]["policy"]["identity"] == f"smollm2-135m-instruct@{smollm2.fingerprint()}"
 
 
-def test_reward_model_scoring(tmp_path, tiny_model_dir, tokenizer):
+def test_reward_model_scoring(tmp_path, tiny_model_dir, tokenizer, reward_model_dir):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    reward_dir = tmp_path / "reward"
-    reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    reward.config.pad_token_id = tokenizer.pad_token_id
-    reward.save_pretrained(reward_dir)
-    tokenizer.save_pretrained(reward_dir)
+    reward_dir = reward_model_dir
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir)
     config = tiny_config(
         tiny_model_dir,
         **{"scoring.method": "reward_model", "pairs.types": ["on_policy"], "scoring.model": {"spec": str(reward_dir)}},

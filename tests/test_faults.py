@@ -514,3 +514,20 @@ def test_no_secret_reaches_the_manifest_the_catalog_or_the_hub_folder(tmp_path):
     assert manifest["config"]["engine"]["base_urls"] == [server.url]
     refused = run_cli("build", "--store", str(tmp_path / "store"), "--set", f"engine.api_key_env={key}")
     assert_one_line_error(refused, 2, "engine.api_key_env: the value looks like an API key")
+
+
+def test_the_samples_of_one_request_reach_the_cache_together(tmp_path):
+    """A killed build leaves whole prompts in the cache: the flush timer never splits one result's rows, so a
+    rerun asks again only for prompts it has nothing of (and counts only rows it did not have as computed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from realign_data.runs import StageCache
+
+    schema = pa.schema([("key", pa.string()), ("text", pa.string())])
+    cache = StageCache(tmp_path, schema, flush_rows=3, flush_seconds=0.0)  # the timer is always due
+    assert cache.add({"key": "p1#0", "text": "a"}, {"key": "p1#1", "text": "b"}) == 2
+    assert cache.add({"key": "p1#1", "text": "b"}, {"key": "p2#0", "text": "c"}, {"key": "p2#1", "text": "d"}) == 2
+    parts = sorted(tmp_path.glob("part-*.parquet"))
+    assert [pq.read_table(p)["key"].to_pylist() for p in parts] == [["p1#0", "p1#1"], ["p2#0", "p2#1"]]
+    assert StageCache(tmp_path, schema).rows.keys() == {"p1#0", "p1#1", "p2#0", "p2#1"}

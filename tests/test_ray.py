@@ -36,8 +36,7 @@ def on_ray(cluster, **sets):
     return {"execution.backend": "ray", "execution.address": cluster.address, "execution.chunk": 4, **sets}
 
 
-@pytest.fixture(scope="module")
-def local_rows(tmp_path_factory, tiny_model_dir):
+def local_build_rows(store: Store, config: BuildConfig) -> list[dict]:
     """The local backend's pairs, computed with one torch thread as each worker (cpus_per_worker=1) uses: a
     matrix product's last bits depend on the number of threads that sum it."""
     import torch
@@ -45,11 +44,15 @@ def local_rows(tmp_path_factory, tiny_model_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        store = Store(tmp_path_factory.mktemp("local"))
-        build = Build(tiny_config(tiny_model_dir), store)
+        build = Build(config, store)
         return pair_rows(build.commit(build.run()))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory, tiny_model_dir):
+    return local_build_rows(Store(tmp_path_factory.mktemp("local")), tiny_config(tiny_model_dir))
 
 
 def test_a_ray_build_gives_exactly_the_rows_of_a_local_one(tmp_path, tiny_model_dir, cluster, local_rows):
@@ -59,6 +62,15 @@ def test_a_ray_build_gives_exactly_the_rows_of_a_local_one(tmp_path, tiny_model_
     rows = pair_rows(build.commit(result))
     for mine, theirs in zip(rows, local_rows, strict=True):
         assert mine == theirs, {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+
+def test_reward_model_scores_on_ray_are_the_local_ones(tmp_path, tiny_model_dir, reward_model_dir, cluster):
+    reward = {"scoring.method": "reward_model", "scoring.model": {"spec": str(reward_model_dir)}}
+    local = local_build_rows(Store(tmp_path / "local"), tiny_config(tiny_model_dir, **reward))
+    build = Build(tiny_config(tiny_model_dir, **reward, **on_ray(cluster)), Store(tmp_path / "ray"))
+    rows = pair_rows(build.commit(build.run()))
+    assert build.scorer_id().startswith(f"reward:{reward_model_dir}@sha256:")
+    assert rows == local and {row["pair_type"] for row in rows} >= {"on_policy"}
 
 
 def engine_worker_pids() -> list[int]:
@@ -88,10 +100,6 @@ def test_a_killed_worker_actor_is_restarted_and_the_stage_completes(tmp_path, ti
     assert pair_rows(build.commit(outcome["result"])) == local_rows
 
 
-@pytest.mark.skip(
-    reason="flaky on a loaded 2-core machine: in 2 of 3 full-suite runs the rerun recomputed every sample after the "
-    "driver was killed (it passes alone and beside other heavy tests); under investigation (issue 14)"
-)
 def test_a_killed_driver_reruns_only_what_is_missing(tmp_path, tiny_model_dir, cluster, uninterrupted):
     command = [*build_command(tmp_path, tiny_model_dir), "--ray", cluster.address, "--set", "execution.chunk=4"]
     env = {**os.environ, **ONE_THREAD}

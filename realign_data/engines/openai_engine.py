@@ -21,7 +21,9 @@ import queue
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import openai
 
@@ -49,6 +51,16 @@ RETRYABLE = (
     json.JSONDecodeError,
 )
 BACKOFF_CAP_S = 30.0
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Classification:
+    request_id: str
+    values: list[float] | None  # one per class; None when the request failed
+    error: str | None = None
 
 
 class MalformedResponse(Exception):
@@ -94,12 +106,57 @@ class OpenAIEngine:
         self, requests: list[GenerationRequest], progress: Progress | None = None
     ) -> Iterator[GenerationResult]:
         """Run the requests on a private event loop in a thread; yield each result as soon as it is done."""
+        yield from self._stream(
+            requests,
+            self.base_urls,
+            self._complete,
+            lambda r, error: GenerationResult(r.request_id, error=error),
+            progress,
+        )
+
+    def classify(
+        self, conversations: list[tuple[str, list[dict[str, str]]]], progress: Progress | None = None
+    ) -> Iterator[Classification]:
+        """The raw outputs (no activation) of a classifier served by vLLM (``vllm serve MODEL --runner pooling``,
+        vLLM >= 0.13) for each ``(id, messages)``: ``POST /classify`` beside ``/v1`` with the chat messages, which the
+        server renders with the model's chat template; retried and counted as completions are."""
+        roots = [url.rstrip("/").removesuffix("/v1") for url in self.base_urls]
+        yield from self._stream(
+            conversations, roots, self._classify, lambda job, error: Classification(job[0], None, error), progress
+        )
+
+    def _stream(self, jobs: list, urls: list[str], run_one, failed, progress: Progress | None) -> Iterator:
+        """``run_one(job, clients)`` for every job, ``concurrency`` at a time, on a private event loop in a thread;
+        each result yielded as soon as it is done (an unexpected exception becomes ``failed(job, error)``)."""
         results: queue.Queue = queue.Queue()
         done = object()
 
+        async def run_all() -> None:
+            clients = [
+                openai.AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
+                for url in urls
+            ]
+            rotation = itertools.cycle(clients)
+            limit = asyncio.Semaphore(self.concurrency)
+
+            async def one(job) -> None:
+                async with limit:
+                    try:
+                        result = await run_one(job, rotation)
+                    except Exception as exc:  # an unexpected failure is still reported for this job
+                        self.stats["failed"] += 1
+                        result = failed(job, f"{type(exc).__name__}: {exc}")
+                    results.put(result)
+
+            try:
+                await asyncio.gather(*(one(job) for job in jobs))
+            finally:
+                for client in clients:
+                    await client.close()
+
         def run() -> None:
             try:
-                asyncio.run(self._run_all(requests, results))
+                asyncio.run(run_all())
             finally:
                 results.put(done)
 
@@ -111,67 +168,64 @@ class OpenAIEngine:
             yield item
         worker.join()
 
-    async def _run_all(self, requests: list[GenerationRequest], results: queue.Queue) -> None:
-        clients = [
-            openai.AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
-            for url in self.base_urls
-        ]
-        rotation = itertools.cycle(clients)
-        limit = asyncio.Semaphore(self.concurrency)
+    async def _classify(self, job: tuple[str, list[dict[str, str]]], rotation) -> Classification:
+        key, messages = job
+        body = {"model": self.model, "messages": messages, "add_generation_prompt": False, "use_activation": False}
 
-        async def one(request: GenerationRequest) -> None:
-            async with limit:
-                try:
-                    result = await self._complete(request, rotation)
-                except Exception as exc:  # an unexpected failure is still reported for this request
-                    self.stats["failed"] += 1
-                    result = GenerationResult(request.request_id, error=f"{type(exc).__name__}: {exc}")
-                results.put(result)
+        async def call() -> list[float]:
+            return classification_values(await next(rotation).post("/classify", cast_to=object, body=body))
 
-        try:
-            await asyncio.gather(*(one(r) for r in requests))
-        finally:
-            for client in clients:
-                await client.close()
+        values, error = await self._retrying(key, call, [0])
+        return Classification(key, values, error)
 
     async def _complete(self, request: GenerationRequest, rotation) -> GenerationResult:
         params = request.params
         completions: list[Completion] = []
-        attempt = 0
+        attempts = [0]  # one retry budget for the whole request, however many calls its n completions take
         while len(completions) < params.n:
-            wanted = params.n - len(completions)
+            wanted, seed = params.n - len(completions), row_seed(params.seed, request.request_id, len(completions))
+
+            async def call(n: int = wanted, seed: int = seed) -> list[Completion]:
+                return await self._call(next(rotation), request, n, seed)  # the next server on every try
+
+            more, error = await self._retrying(request.request_id, call, attempts)
+            if more is None:
+                return GenerationResult(request.request_id, completions, error=error)
+            completions += more
+        return GenerationResult(request.request_id, completions[: params.n])
+
+    async def _retrying(
+        self, request_id: str, call: Callable[[], Awaitable[T]], attempts: list[int]
+    ) -> tuple[T, None] | tuple[None, str]:
+        """``await call()`` until it succeeds: a retryable failure waits (full-jitter backoff) and tries again while
+        ``attempts[0]`` (shared by the calls of one request) is within ``max_retries``; a refusal (4xx other than
+        429) is not retried. The value, or None and the error of the last try."""
+        while True:
             try:
-                completions += await self._call(
-                    next(rotation), request, wanted, row_seed(params.seed, request.request_id, len(completions))
-                )
+                value = await call()
                 self.stats["calls"] += 1
+                return value, None
             except (*RETRYABLE, MalformedResponse) as exc:
                 self.stats[f"retry:{type(exc).__name__}"] += 1
-                attempt += 1
-                if attempt > self.max_retries:
+                attempts[0] += 1
+                if attempts[0] > self.max_retries:
                     self.stats["failed"] += 1
-                    log.info(
-                        "request %s failed after %d retries: %s",
-                        request.request_id,
-                        self.max_retries,
-                        type(exc).__name__,
-                    )
-                    return GenerationResult(request.request_id, completions, error=f"{type(exc).__name__}: {exc}")
-                delay = self._backoff(attempt, exc)
+                    log.info("request %s failed after %d retries: %s", request_id, self.max_retries, type(exc).__name__)
+                    return None, f"{type(exc).__name__}: {exc}"
+                delay = self._backoff(attempts[0], exc)
                 log.info(
                     "request %s: %s, retry %d of %d in %.2f s",
-                    request.request_id,
+                    request_id,
                     type(exc).__name__,
-                    attempt,
+                    attempts[0],
                     self.max_retries,
                     delay,
                 )
                 await asyncio.sleep(delay)
             except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
                 self.stats["failed"] += 1
-                log.info("request %s refused by the server (HTTP %s), not retried", request.request_id, exc.status_code)
-                return GenerationResult(request.request_id, completions, error=f"HTTP {exc.status_code}: {exc.message}")
-        return GenerationResult(request.request_id, completions[: params.n])
+                log.info("request %s refused by the server (HTTP %s), not retried", request_id, exc.status_code)
+                return None, f"HTTP {exc.status_code}: {exc.message}"
 
     def _backoff(self, attempt: int, exc: Exception) -> float:
         """Full-jitter exponential backoff, never shorter than a server's Retry-After."""
@@ -222,6 +276,15 @@ class OpenAIEngine:
                 )
             )
         return completions
+
+
+def classification_values(body: Any) -> list[float]:
+    """The class outputs of the one input of a ``/classify`` answer: ``data[0].probs``."""
+    data = body.get("data") if isinstance(body, dict) else None
+    values = data[0].get("probs") if isinstance(data, list) and data and isinstance(data[0], dict) else None
+    if not (isinstance(values, list) and values and all(type(v) in (int, float) for v in values)):
+        raise MalformedResponse("no data[0].probs list of numbers in the /classify answer")
+    return [float(v) for v in values]
 
 
 def server_sampling_fields(params: SamplingParams) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from realign_data.engines.base import (
     Completion,
@@ -26,6 +27,25 @@ from realign_data.models import ResolvedModel, resolve_model
 CHUNK = 2048  # requests per llm.chat call: enough to keep the GPU busy, few enough to resume close to a crash
 
 
+def load_llm(
+    model: ResolvedModel, tensor_parallel_size: int, dtype: str, gpu_memory_utilization: float, **options: Any
+):
+    """A ``vllm.LLM`` for ``model`` (``options``: e.g. ``runner="pooling"``), or why vLLM is not at hand."""
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise RealignError(
+            f"engine.kind=vllm needs the vllm extra on a CUDA machine (pip install 'realign-toolkit[vllm]'): {exc}"
+        ) from None
+    return LLM(
+        model=str(model.path),
+        tensor_parallel_size=tensor_parallel_size,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        **options,
+    )
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -34,18 +54,7 @@ class VLLMEngine:
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.5,
     ):
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise RealignError(
-                f"engine.kind=vllm needs the vllm extra on a CUDA machine (pip install 'realign-toolkit[vllm]'): {exc}"
-            ) from None
-        self.llm = LLM(
-            model=str(model.path),
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-        )
+        self.llm = load_llm(model, tensor_parallel_size, dtype, gpu_memory_utilization)
         self.model_id = model_identity("vllm", model.spec, model.fingerprint)
         self.stats: Counter = Counter()  # in-process: nothing is retried
 
