@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -60,8 +61,10 @@ from realign_data.scoring import LogprobJudge, ScoreItem, TextJudge, batch_plan,
 from realign_data.store import HOST, PAIRS, SAMPLES, Store, Version, check_name
 from realign_data.templates import Template, load_template
 
+log = logging.getLogger(__name__)
 STAGES = ("generate", "score", "revise", "pairs")
 TaskFactory = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+VLLM_MEMORY_LIMIT = 0.95  # of one GPU, for the vLLM instances of one process together
 EXAMPLES = 3  # failed items named in an error when nothing of a stage succeeded
 
 GENERATIONS = pa.schema(
@@ -186,6 +189,7 @@ class Build:
         self.fresh = fresh
         self.progress = progress or _no_progress
         self._engines: dict[tuple, Any] = {}
+        self._scorer: Any = None
         self._identities: dict[tuple, str] = {}
         self.failures: dict[str, list[dict]] = {}
         self.retries: dict[str, Counter[str]] = {}
@@ -307,15 +311,15 @@ class Build:
 
     def _measured(self, stage: str, worker: str, measured: Counter, started: float) -> None:
         """Record what ``stage`` computed and how long it took, for later --plan estimates (nothing when idle)."""
-        if measured["units"]:
-            execution = self.config.execution
-            backend = "local" if execution.backend == "local" else f"ray x{execution.workers}"
-            record_throughput(
-                self.run_dir.parent,
-                {"stage": stage, "worker": worker, "backend": backend, "host": HOST, "at": utc_now()}
-                | dict(measured)
-                | {"seconds": round(time.monotonic() - started, 3)},
-            )
+        if not measured["units"]:
+            return
+        execution = self.config.execution
+        backend = "local" if execution.backend == "local" else f"ray x{execution.workers}"
+        record = {"stage": stage, "worker": worker, "backend": backend, "host": HOST, "at": utc_now()}
+        try:
+            record_throughput(self.run_dir.parent, record | dict(measured) | {"seconds": time.monotonic() - started})
+        except OSError as exc:  # a measurement is worth less than the stage it measured
+            log.warning("%s: throughput not recorded (%s)", stage, exc)
 
     def _count_retries(self, stage: str, engine, before: Counter) -> None:
         stats = getattr(engine, "stats", Counter())
@@ -434,8 +438,9 @@ class Build:
         return drafts
 
     def generator_id(self, engine: EngineConfig, model: ModelConfig) -> str:
-        """What a generation stage's throughput depends on: the engine kind and the model."""
-        return f"{engine.kind}:{self.identity(engine, model)}"
+        """What a generation stage's throughput depends on: the engine kind and the model (a served one's name)."""
+        identity = self.identity(engine, model)
+        return identity if engine.kind == "openai" else f"{engine.kind}:{identity}"
 
     def scorer_id(self) -> str:
         engine_config, model_config = self.judge
@@ -446,10 +451,14 @@ class Build:
         return f"{method}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
 
     def scorer(self):
-        """The scorer in this process (sharing its engines with the other roles), or on the Ray cluster."""
-        if self.executor is not None:
-            return self.executor.scorer(self.config.scoring, self.judge, self.judge_template)
-        return make_scorer(self.config.scoring, self.judge, self.judge_template, self.engine)
+        """The scorer in this process (sharing its engines with the other roles), or on the Ray cluster; made once
+        for both scoring stages (a reward model is loaded once)."""
+        if self._scorer is None:
+            if self.executor is not None:
+                self._scorer = self.executor.scorer(self.config.scoring, self.judge, self.judge_template)
+            else:
+                self._scorer = make_scorer(self.config.scoring, self.judge, self.judge_template, self.engine)
+        return self._scorer
 
     def score(self, items: list[ScoreItem], stage: str = "score") -> dict[str, float | None]:
         """Scores by item key (None where the scorer could not rate).
@@ -470,10 +479,11 @@ class Build:
             scorer = self.scorer()
             engine = getattr(scorer, "engine", None)
             before = Counter(getattr(engine, "stats", Counter()))
-            failed_before, succeeded = len(self.failures.get(stage, [])), 0
+            failed_before, succeeded, rated = len(self.failures.get(stage, [])), 0, 0
             started = time.monotonic()
             try:
                 for score in scorer.score(work, advance):
+                    rated += 1
                     if score.key in cache:  # scored earlier: rated again only to keep its batch whole
                         continue
                     if score.score is None:  # never cached: a re-run rates it again
@@ -485,7 +495,7 @@ class Build:
             finally:
                 cache.flush()
                 self._count_retries(stage, engine, before)
-                self._measured(stage, self.scorer_id(), Counter(units=len(work)), started)
+                self._measured(stage, self.scorer_id(), Counter(units=rated), started)
                 if getattr(scorer, "reasks", 0):
                     self.retries.setdefault(stage, Counter())["reask:unparseable"] += scorer.reasks
             self._check_stage(stage, succeeded, failed_before)
@@ -570,17 +580,33 @@ class Build:
 
     def check_models(self, until: str) -> None:
         """Resolve every model and check every engine the stages up to ``until`` need, before anything is written."""
-        roles = [(self.config.engine, self.config.policy)]
+        roles = {"engine": (self.config.engine, self.config.policy)}
         if STAGES.index(until) >= 1:
-            roles.append(self.judge)
+            roles["scoring.engine"] = self.judge
         if STAGES.index(until) >= 2 and set(self.config.pairs.types) & {"revision", "revision_direct", "reviser_train"}:
-            roles.append(self.reviser)
-        for engine, model in roles:
+            roles["revision.engine"] = self.reviser
+        for engine, model in roles.values():
             if engine.kind == "openai" and not engine.base_urls:
                 raise InputError(NO_BASE_URLS)
             self.identity(engine, model)
         if STAGES.index(until) >= 1:
             self.scorer_id()
+        if self.executor is None:  # on Ray each actor holds its own GPU share
+            self._check_vllm_memory(roles)
+
+    def _check_vllm_memory(self, roles: dict[str, tuple[EngineConfig, ModelConfig]]) -> None:
+        """The vLLM instances of one process share its GPU: their memory shares must fit in it together."""
+        shares: dict[tuple[str, str], tuple[str, float]] = {}
+        for field_name, (engine, model) in roles.items():
+            if engine.kind == "vllm":
+                reward = field_name == "scoring.engine" and self.config.scoring.method == "reward_model"
+                shares.setdefault((str(reward), model.spec), (field_name, engine.gpu_memory_utilization))
+        if sum(share for _, share in shares.values()) > VLLM_MEMORY_LIMIT:
+            asked = " + ".join(f"{name}.gpu_memory_utilization={share}" for name, share in shares.values())
+            raise InputError(
+                f"the vLLM instances of this build ask for more than the GPU ({asked}): lower them to sum to at most "
+                f"{VLLM_MEMORY_LIMIT}, or run the stages on Ray (--ray) with one GPU per worker"
+            )
 
     def _run(self, prompts: PromptSet, until: str) -> BuildResult:
         samples = self.generate(prompts)

@@ -590,7 +590,7 @@ def _print_plan(config: BuildConfig, store: Path | None, run_id: str | None, fre
         else:
             emit(list(plans[0].as_dict()), [list(p.as_dict().values()) for p in plans], fmt)
         return
-    table = Table("stage", "to run", "cached", "max new tokens", "time", "cost", title=f"plan of {config.dataset}")
+    table = Table("stage", "to run", "cached", "max tokens", "time", "cost", title=f"plan of {config.dataset}")
     for p in plans:
         bound = "" if p.exact else "<="
         unit = "req" if p.unit == "requests" else "items"
@@ -600,8 +600,8 @@ def _print_plan(config: BuildConfig, store: Path | None, run_id: str | None, fre
     console.print(table)
     unmeasured = {(p.worker, p.backend) for p in plans if p.seconds is None and p.to_run}
     for worker, backend in sorted(unmeasured):
-        shown = re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]+", r"\1...", worker)
-        console.print(f"time unknown: no earlier run of {shown} ({backend}) in this store")
+        shown = re.sub(r"(sha256:[0-9a-f]{8})[0-9a-f]+", r"\1..", worker)
+        console.print(f"time unknown for {shown}: nothing measured ({backend}, this host)")
     if not all(p.exact for p in plans):
         console.print("<=: counted before the responses it depends on exist (some may come out cached)")
     if all(p.cost_usd is None for p in plans):
@@ -644,7 +644,7 @@ def _stage_command(until: str, commit: bool, doc: str):
                 "--plan",
                 help="Show what is still to compute, stage by stage: requests left after the cache, the tokens "
                 "they generate at most, the time at the throughput earlier runs of this store measured, the cost "
-                "at engine.price. Loads no model and writes nothing.",
+                "at engine.price. Loads no weights and writes nothing to the store.",
             ),
         ] = False,
         fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format of --plan.")] = Format.table,

@@ -141,7 +141,11 @@ class ScoringConfig(StrictModel):
 
     method: Literal["judge", "reward_model"] = "judge"
     model: ModelConfig | None = Field(None, description="judge default: the policy model; required for reward_model")
-    engine: EngineConfig | None = Field(None, description="engine for a judge; default: the top-level engine")
+    engine: EngineConfig | None = Field(
+        None,
+        description="a judge's engine (default: the top-level engine), or a reward model's: hf (default, "
+        "transformers here), vllm (its pooling runner) or openai (a vLLM server's /classify)",
+    )
     batch_size: int = Field(8, ge=1)
     template: str | None = Field(None, description="file with a judge template replacing the built-in one")
     max_attempts: int = Field(3, ge=1, description="text judges: asks per item before it counts as unparseable")

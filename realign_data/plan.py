@@ -1,12 +1,13 @@
-"""``realign-data build --plan``: what a build still has to compute, before any model is loaded or anything written.
+"""``realign-data build --plan``: what a build still has to compute, read from its config and stage caches.
 
 Per stage: the requests (generation) or items (scoring) its cache does not hold yet, the tokens they can generate
 at most, the time they should take at the throughput this store measured for the same worker (engine kind and
-model, or scorer) on the same backend in earlier runs (``<store>/runs/throughput.jsonl``), and what they cost at
-the stage engine's ``price`` (USD per million tokens). A stage after one that still has work depends on responses
-not generated yet: its counts are what the config asks for, an upper bound (``<=``), since some of those responses
-may come out as ones already cached. Prompt tokens are counted at the ratio of tokens to characters measured
-for the worker, or 4 characters per token where nothing was measured yet.
+model, or scorer) on the same backend and host in earlier runs (``<store>/runs/throughput.jsonl``), and what they
+cost at the stage engine's ``price`` (USD per million tokens). A stage after one that still has work depends on
+responses not generated yet: its counts are upper bounds (``<=``), since some of those responses may come out
+equal to ones already cached. Prompt tokens are counted at the ratio of tokens to characters measured for the
+worker, or 4 characters per token where nothing was measured yet. No weights are loaded and nothing is written
+to the store; models are resolved as a build resolves them (a Hub model may be downloaded, a GGUF converted).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from realign_data.config import EngineConfig
 from realign_data.pairs import revision_prompt
 from realign_data.runs import StageCache, read_throughput
 from realign_data.scoring import JUDGE_MAX_NEW_TOKENS, ScoreItem, judge_messages
+from realign_data.store import HOST
 
 CHARS_PER_TOKEN = 4  # prompt characters per token where this store measured none for the worker
 REVISION_TYPES = {"revision", "revision_direct", "reviser_train"}
@@ -49,7 +51,7 @@ class Rate:
     (generation) or per item (scoring), tokens per completion, and prompt tokens per character."""
 
     def __init__(self, records: list[dict[str, Any]], worker: str, backend: str):
-        mine = [r for r in records if r.get("worker") == worker and r.get("backend") == backend]
+        mine = [r for r in records if (r.get("worker"), r.get("backend"), r.get("host")) == (worker, backend, HOST)]
         self.runs = len(mine)
         total = {field: sum(r.get(field, 0) or 0 for r in mine) for field in ("seconds", "units", "completion_tokens")}
         self.seconds, self.units, self.tokens = total["seconds"], total["units"], total["completion_tokens"]
@@ -147,32 +149,33 @@ class Planner:
         complete = not waiting
         items = [ScoreItem("", by_id[pid].messages, s["text"]) for pid, rows in samples.items() for s in rows]
         references = [ScoreItem("", p.messages, p.reference) for p in prompts.prompts if p.reference]
-        plans.append(self._scoring("score", items + references, len(keys) * params.n + len(references), complete))
+        not_generated = len(keys) * params.n - len(items)
+        average_prompt = sum(_chars(p.messages) for p in prompts.prompts) / max(1, len(prompts.prompts))
+        plans.append(self._scoring("score", items + references, not_generated, average_prompt, params.max_new_tokens))
         if STAGES.index(self.until) < 2 or not set(config.pairs.types) & REVISION_TYPES:
             return plans
 
-        drafts = build.revision_drafts(prompts, samples)
+        drafts = build.revision_drafts(prompts, samples)  # by key: a prompt's equal drafts are revised once
         revised = self._cache("revise", GENERATIONS)
         per_prompt = min(config.revision.drafts_per_prompt, params.n)
-        needed = len(prompts.prompts) * per_prompt
+        unknown = sum(max(0, per_prompt - len(samples[pid])) for pid in keys)  # drafts not generated yet
         known_missing = [(prompt, draft) for key, (prompt, _, draft) in drafts.items() if key not in revised]
-        unknown = needed - len(drafts)  # drafts not generated yet
         revision = build.revision_params()
         template = build.revision_template
-        average_prompt = sum(_chars(p.messages) for p in prompts.prompts) / max(1, len(prompts.prompts))
         engine, model = build.reviser
+        to_run = len(known_missing) + unknown
         plans.append(
             self._stage(
                 "revise",
                 engine,
                 build.generator_id(engine, model),
                 unit="requests",
-                needed=needed,
+                needed=len(drafts) + unknown,
                 cached=len(drafts) - len(known_missing),
-                to_run=len(known_missing) + unknown,
+                to_run=to_run,
                 exact=complete,
-                new_tokens=(len(known_missing) + unknown) * revision.max_new_tokens,
-                completions=len(known_missing) + unknown,
+                new_tokens=to_run * revision.max_new_tokens,
+                completions=to_run,
                 max_new_tokens=revision.max_new_tokens,
                 prompt_chars=sum(_chars(revision_prompt(template, p.messages, d["text"])) for p, d in known_missing)
                 + unknown * (len(template.text) + average_prompt + params.max_new_tokens * CHARS_PER_TOKEN),
@@ -183,33 +186,40 @@ class Planner:
             for key, (prompt, _, _) in drafts.items()
             if (row := revised.get(key)) is not None
         ]
-        plans.append(self._scoring("score revisions", revisions, needed, complete and not known_missing))
+        plans.append(self._scoring("score revisions", revisions, to_run, average_prompt, revision.max_new_tokens))
         return plans
 
-    def _scoring(self, stage: str, known: list[ScoreItem], needed: int, exact: bool) -> StagePlan:
-        """A scoring stage over ``needed`` items of which ``known`` have their response already."""
+    def _scoring(
+        self, stage: str, known: list[ScoreItem], unknown: int, average_prompt: float, max_new_tokens: int
+    ) -> StagePlan:
+        """A scoring stage over the ``known`` items (responses at hand; equal ones are scored once) and ``unknown``
+        more whose responses are not generated yet. A transformers scorer also rescores the cached batch-mates of
+        a missing item, which the counts leave out."""
         build, scoring = self.build, self.build.config.scoring
         engine, _ = build.judge
         cache = self._cache("score", SCORES)
-        missing = [item for item in known if build.score_key(item.prompt, item.response) not in cache]
-        to_run = needed - (len(known) - len(missing))
-        generates = scoring.method == "judge" and engine.kind != "hf"  # a text judge writes its rating
-        template = build.judge_template
-        chars = sum(_chars(judge_messages(template, item)) for item in missing)
-        chars += (to_run - len(missing)) * (
-            len(template.text) + build.config.generation.max_new_tokens * CHARS_PER_TOKEN
-        )
+        distinct = {build.score_key(item.prompt, item.response): item for item in known}
+        missing = [item for key, item in distinct.items() if key not in cache]
+        to_run = len(missing) + unknown
+        text_judge = scoring.method == "judge" and engine.kind != "hf"  # writes its rating, may be asked again
+        asks = scoring.max_attempts if text_judge else 1
+        if scoring.method == "reward_model":  # the conversation and the response
+            chars = sum(_chars(item.prompt) + len(item.response) for item in missing)
+            unknown_chars = average_prompt + max_new_tokens * CHARS_PER_TOKEN
+        else:  # the judge template around the instruction and the response
+            chars = sum(_chars(judge_messages(build.judge_template, item)) for item in missing)
+            unknown_chars = len(build.judge_template.text) + average_prompt + max_new_tokens * CHARS_PER_TOKEN
         return self._stage(
             stage,
             engine,
             build.scorer_id(),
             unit="items",
-            needed=needed,
-            cached=needed - to_run,
+            needed=len(distinct) + unknown,
+            cached=len(distinct) - len(missing),
             to_run=to_run,
-            exact=exact,
-            new_tokens=to_run * JUDGE_MAX_NEW_TOKENS * scoring.max_attempts if generates else 0,
-            prompt_chars=chars,
+            exact=unknown == 0,
+            new_tokens=to_run * JUDGE_MAX_NEW_TOKENS * asks if text_judge else 0,
+            prompt_chars=round((chars + unknown * unknown_chars) * asks),
         )
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from realign_data.build import Build
+from realign_data.config import BuildConfig, load_config
 from realign_data.store import Store
 from tests.helpers import run_cli
 from tests.openai_server import Reply, ScriptedOpenAIServer
@@ -97,3 +98,19 @@ def test_format_without_plan_is_refused(tmp_path):
         == "error: --format goes with --plan (a build prints its summary as a table)"
     )
     assert not tmp_path.joinpath("runs").exists()
+
+
+def test_equal_responses_are_planned_once_as_the_build_runs_them(tmp_path):
+    def script(request, seen):  # every sample of a prompt is the same answer
+        content = request["messages"][-1]["content"]
+        return Reply(content="Rating: 7" if "Rate the response" in content else f"answer to {content[:30]}")
+
+    with ScriptedOpenAIServer(script) as server:
+        sets = ["engine.kind=openai", f"engine.base_urls=[{server.url}]", "policy.spec=served-model"]
+        sets += ["prompts.limit=6", "generation.num_samples=3", "revision.drafts_per_prompt=2"]
+        build = Build(load_config(BuildConfig, None, sets), Store(tmp_path))
+        result = build.run()
+        assert result.stats["computed"]["score"] == 6 and result.stats["computed"]["revise"] == 6  # one per prompt
+        stages = plan(tmp_path, *sets)
+    assert all(s["to_run"] == 0 and s["exact"] for s in stages.values()), stages
+    assert stages["score"]["cached"] == 6 and stages["revise"]["cached"] == 6

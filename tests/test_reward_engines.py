@@ -96,3 +96,19 @@ def test_vllm_reward_scores_agree_with_transformers(tmp_path, tiny_model_dir, re
     assert on_vllm.keys() == local.keys()
     for key, value in local.items():
         assert on_vllm[key] == pytest.approx(value, abs=2e-3), key  # vLLM's own HF-parity tolerance (float32)
+
+
+def test_vllm_policy_and_reward_model_that_cannot_share_a_gpu_are_refused_first(tmp_path, tiny_model_dir):
+    from tests.helpers import run_cli
+
+    sets = ["engine.kind=vllm", "scoring.method=reward_model", f"scoring.model.spec={tiny_model_dir}"]
+    sets += ["scoring.engine={kind: vllm, gpu_memory_utilization: 0.6}"]
+    args = [part for item in sets for part in ("--set", item)]
+    result = run_cli("build", "--store", str(tmp_path), "--policy", str(tiny_model_dir), *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the vLLM instances of this build ask for more than the GPU (engine.gpu_memory_utilization=0.5 + "
+        "scoring.engine.gpu_memory_utilization=0.6): lower them to sum to at most 0.95, or run the stages on Ray "
+        "(--ray) with one GPU per worker"
+    )
+    assert not (tmp_path / "runs").exists()

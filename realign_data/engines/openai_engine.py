@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -170,7 +171,8 @@ class OpenAIEngine:
 
     async def _classify(self, job: tuple[str, list[dict[str, str]]], rotation) -> Classification:
         key, messages = job
-        body = {"model": self.model, "messages": messages, "add_generation_prompt": False, "use_activation": False}
+        body = {"model": self.model, "messages": messages, "add_generation_prompt": False}
+        body |= {"use_activation": False, "activation": False}  # the switch's name from vLLM 0.11.1, and before
 
         async def call() -> list[float]:
             return classification_values(await next(rotation).post("/classify", cast_to=object, body=body))
@@ -282,8 +284,8 @@ def classification_values(body: Any) -> list[float]:
     """The class outputs of the one input of a ``/classify`` answer: ``data[0].probs``."""
     data = body.get("data") if isinstance(body, dict) else None
     values = data[0].get("probs") if isinstance(data, list) and data and isinstance(data[0], dict) else None
-    if not (isinstance(values, list) and values and all(type(v) in (int, float) for v in values)):
-        raise MalformedResponse("no data[0].probs list of numbers in the /classify answer")
+    if not (isinstance(values, list) and values and all(type(v) in (int, float) and math.isfinite(v) for v in values)):
+        raise MalformedResponse("no data[0].probs list of finite numbers in the /classify answer")
     return [float(v) for v in values]
 
 
