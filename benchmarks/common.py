@@ -67,6 +67,35 @@ def tiny_model(folder: Path, hidden: int = 64, layers: int = 2, reward: bool = F
     return folder
 
 
+def plain_generate(engine, conversations, batch_size: int, params) -> int:
+    """What a careful user writes with transformers: batches of ``batch_size`` (in the given order) through
+    ``model.generate`` with its own sampling; returns the tokens produced. ``engine`` lends its model and tokenizer."""
+    import torch
+
+    tokenizer, model = engine.tokenizer, engine.model
+    tokenizer.padding_side = "left"
+    sampling = (
+        {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        if params.temperature > 0
+        else {"do_sample": False}
+    )
+    produced = 0
+    with torch.inference_mode():
+        for start in range(0, len(conversations), batch_size):
+            batch = tokenizer.apply_chat_template(
+                conversations[start : start + batch_size],
+                add_generation_prompt=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+            ).to(model.device)
+            output = model.generate(
+                **batch, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+            produced += int((output[:, batch["input_ids"].shape[1] :] != tokenizer.pad_token_id).sum())
+    return produced
+
+
 def finish(figures: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures, allow_nan=False))

@@ -13,7 +13,7 @@ Target: the engine at most 1.05x the sorted plain loop in both modes.
 from __future__ import annotations
 
 import torch
-from common import arguments, compare, finish
+from common import arguments, compare, finish, plain_generate
 
 from realign_data.config import PromptsConfig
 from realign_data.engines import GenerationRequest, SamplingParams
@@ -27,32 +27,6 @@ def mixed_length_prompts(count: int) -> list[list[dict[str, str]]]:
     base = load_prompts(PromptsConfig(source="builtin", limit=count, seed=1)).prompts
     padding = " Please answer carefully, give one example, and explain each step of your reasoning."
     return [[{"role": "user", "content": p.instruction + padding * (3 * (i % 3))}] for i, p in enumerate(base)]
-
-
-@torch.inference_mode()
-def plain_generate(engine: HFEngine, conversations, batch_size: int, params: SamplingParams) -> int:
-    """Batches of ``batch_size`` in the given order through ``model.generate``; returns the tokens produced."""
-    tokenizer, model = engine.tokenizer, engine.model
-    tokenizer.padding_side = "left"
-    sampling = (
-        {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        if params.temperature > 0
-        else {"do_sample": False}
-    )
-    produced = 0
-    for start in range(0, len(conversations), batch_size):
-        batch = tokenizer.apply_chat_template(
-            conversations[start : start + batch_size],
-            add_generation_prompt=True,
-            padding=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(model.device)
-        output = model.generate(
-            **batch, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-        )
-        produced += int((output[:, batch["input_ids"].shape[1] :] != tokenizer.pad_token_id).sum())
-    return produced
 
 
 def main() -> None:

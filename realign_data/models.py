@@ -169,7 +169,7 @@ def _checked(model: ResolvedModel) -> ResolvedModel:
 def resolve_model(spec: str) -> ResolvedModel:
     """Resolve a model spec to a local directory, converting GGUF and downloading from the Hub as needed."""
     if spec in ALIASES:
-        return _checked(ResolvedModel(spec, convert_gguf(_alias_gguf(spec)), "alias"))
+        return _checked(ResolvedModel(spec, convert_gguf(alias_gguf(spec)), "alias"))
     if not spec.strip():
         raise InputError(
             f"model spec is empty: pass a Hub id, a model directory, a .gguf file or an alias ({', '.join(ALIASES)})"
@@ -199,7 +199,7 @@ def resolve_model(spec: str) -> ResolvedModel:
     )
 
 
-def _alias_gguf(alias: str) -> Path:
+def alias_gguf(alias: str) -> Path:
     package = ALIASES[alias]
     found = importlib.util.find_spec(package)  # locate the wheel without importing it (its deps are heavy)
     if found is None or not found.submodule_search_locations:

