@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import torch
 from common import arguments, compare, finish, plain_generate
@@ -40,7 +41,7 @@ from realign_data.prompts import load_prompts
 
 
 def native_bf16() -> bool:
-    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
+    flags = Path("/proc/cpuinfo").read_text() if sys.platform == "linux" else ""
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 

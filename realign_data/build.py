@@ -190,6 +190,7 @@ class Build:
         self.progress = progress or _no_progress
         self._engines: dict[tuple, Any] = {}
         self._scorer: Any = None
+        self._scorer_id: str | None = None
         self._identities: dict[tuple, str] = {}
         self.failures: dict[str, list[dict]] = {}
         self.retries: dict[str, Counter[str]] = {}
@@ -443,6 +444,12 @@ class Build:
         return identity if engine.kind == "openai" else f"{engine.kind}:{identity}"
 
     def scorer_id(self) -> str:
+        """What a score depends on (part of every score's cache key): computed once, the config does not change."""
+        if self._scorer_id is None:
+            self._scorer_id = self._describe_scorer()
+        return self._scorer_id
+
+    def _describe_scorer(self) -> str:
         engine_config, model_config = self.judge
         if self.config.scoring.method == "reward_model":  # reward:SPEC@FP (transformers), reward:vllm:SPEC@FP,
             kind = "vllm:" if engine_config.kind == "vllm" else ""  # reward:openai:NAME (served)

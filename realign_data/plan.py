@@ -95,24 +95,42 @@ class Planner:
             cache.rows.clear()
         return cache
 
-    def _stage(self, stage: str, engine: EngineConfig, worker: str, **counts: Any) -> StagePlan:
+    def _stage(
+        self,
+        stage: str,
+        engine: EngineConfig,
+        worker: str,
+        *,
+        unit: str,
+        needed: int,
+        cached: int,
+        to_run: int,
+        exact: bool,
+        new_tokens: int,
+        prompt_chars: float,
+        completions: int | None = None,  # generation stages: timed per generated token, scoring per item
+        max_new_tokens: int = 0,
+    ) -> StagePlan:
         rate = Rate(self.records, worker, self.backend)
-        chars = counts.pop("prompt_chars")
-        prompt_tokens = round(chars * rate.tokens_per_char)
-        completions = counts.pop("completions", None)
+        prompt_tokens = round(prompt_chars * rate.tokens_per_char)
         if completions is None:
-            seconds = rate.scoring_seconds(counts["to_run"])
+            seconds = rate.scoring_seconds(to_run)
         else:
-            seconds = rate.generation_seconds(completions, counts.pop("max_new_tokens"))
+            seconds = rate.generation_seconds(completions, max_new_tokens)
         return StagePlan(
             stage,
-            worker=worker,
-            backend=self.backend,
-            prompt_tokens=prompt_tokens,
-            seconds=None if seconds is None else round(seconds, 3),
-            measured_from=rate.runs,
-            cost_usd=_cost(engine, prompt_tokens, counts["new_tokens"]),
-            **counts,
+            unit,
+            needed,
+            cached,
+            to_run,
+            exact,
+            new_tokens,
+            prompt_tokens,
+            worker,
+            self.backend,
+            None if seconds is None else round(seconds, 3),
+            rate.runs,
+            _cost(engine, prompt_tokens, new_tokens),
         )
 
     def plan(self) -> list[StagePlan]:
