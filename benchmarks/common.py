@@ -67,6 +67,23 @@ def tiny_model(folder: Path, hidden: int = 64, layers: int = 2, reward: bool = F
     return folder
 
 
+def bench_pairs(store, prompts: int, **settings):
+    """A small pairs version for the training benchmarks: ``prompts`` built-in prompts through the embedded
+    recipe with 96 new tokens, on_policy and revision pairs; ``settings`` override more (dotted keys)."""
+    from realign_data.build import Build
+    from realign_data.config import BuildConfig, load_config
+
+    overrides = {
+        "dataset": "bench",
+        "prompts.limit": prompts,
+        "generation.max_new_tokens": 96,
+        "pairs.types": ["on_policy", "revision"],
+        **settings,
+    }
+    build = Build(load_config(BuildConfig, None, [], overrides), store)
+    return build.commit(build.run())
+
+
 def plain_generate(engine, conversations, batch_size: int, params) -> int:
     """What a careful user writes with transformers: batches of ``batch_size`` (in the given order) through
     ``model.generate`` with its own sampling; returns the tokens produced. ``engine`` lends its model and tokenizer."""

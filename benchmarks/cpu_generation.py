@@ -2,8 +2,10 @@
 
 Workload: built-in chat prompts x K samples (8 x 4 by default), temperature 0.8, top-p 0.95, up to --tokens new
 tokens, stop at EOS, --threads threads; the embedded SmolLM2-135M-Instruct: its Q4_1 GGUF for llama.cpp, its
-de-quantized weights for transformers. Sides, each at batch (or parallel sequences) 8 and 32:
-- realign's hf engine in float32 (the CPU default today) and bfloat16 (where the CPU has native bf16);
+de-quantized weights for transformers. Sides, each at batch (or parallel sequences) 8 and 32, sampled and greedy:
+- realign's hf engine as it runs by default (continuous batching, realign_data/engines/decoding.py) in float32
+  (the CPU default) and bfloat16 (where the CPU has native bf16); sampled, also through `model.generate` batch by
+  batch (the path of sliding-window models, and all of realign's before the decoder);
 - the plain transformers loop (prompts sorted by length, `generate` with its own sampling), float32 and bfloat16;
 - llama.cpp batched decoding through llama-cpp-python, the K samples of a prompt sharing its prefill (KV copied),
   one seeded sampler chain per row, continuous batching, with one KV stream per sequence and with one unified KV
@@ -11,11 +13,12 @@ de-quantized weights for transformers. Sides, each at batch (or parallel sequenc
   on 2 cores);
 - llama-cpp-python's bundled server (`python -m llama_cpp.server`) through realign's openai engine at concurrency
   8 (where installed with its [server] extra; --skip-server leaves it out: it serves one request at a time).
-Tokens/s of each side, every ratio to the best llama.cpp figure, and how many of a request's samples come out the
-same alone as in the batch (what resuming a killed build row-exactly relies on). Warm-up, alternating order,
-median of the repeats (benchmarks/common.py).
+Tokens/s of each side, its ratio to the best llama.cpp figure of the same mode and size, and how many of a
+request's samples come out the same alone as in the batch (what resuming a killed build row-exactly relies on).
+Warm-up, alternating order, median of the repeats (benchmarks/common.py).
 
-    python benchmarks/cpu_generation.py [--prompts 8] [--samples 4] [--tokens 128] [--repeats 3] [--json]
+    python benchmarks/cpu_generation.py [--prompts 8] [--samples 4] [--tokens 128] [--sizes 8,32]
+        [--modes sampled,greedy] [--skip-server] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -72,6 +76,9 @@ class LlamaBatched:
     def _sampler(self, seed: int, params: SamplingParams):
         llama = self.llama
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        if params.temperature == 0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+            return chain
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
@@ -171,14 +178,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", default="8,32", help="batch sizes (parallel sequences), comma-separated")
+    parser.add_argument("--modes", default="sampled,greedy", help="sampled (temperature 0.8, top-p 0.95), greedy")
     parser.add_argument("--skip-server", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    sizes = [int(size) for size in args.sizes.split(",")]
     model = resolve_model(DEFAULT_MODEL)
     tokenizer = load_tokenizer(model)
     prompts = load_prompts(PromptsConfig(limit=args.prompts)).prompts
-    params = SamplingParams(n=args.samples, temperature=0.8, top_p=0.95, max_new_tokens=args.tokens, seed=0)
-    requests = [GenerationRequest(p.prompt_id, p.messages, params) for p in prompts]
+    modes = {
+        "sampled": SamplingParams(n=args.samples, temperature=0.8, top_p=0.95, max_new_tokens=args.tokens, seed=0),
+        "greedy": SamplingParams(n=args.samples, temperature=0.0, max_new_tokens=args.tokens),
+    }
+    modes = {name: modes[name] for name in args.modes.split(",")}
     dtypes = ["float32", "bfloat16"] if native_bf16() else ["float32"]
     figures: dict[str, object] = {
         "threads": args.threads,
@@ -186,75 +199,81 @@ def main() -> None:
         "samples": len(prompts) * args.samples,
     }
     tokens: dict[str, int] = {}
-    sides = {}
+    sides, meta = {}, {}  # meta: side -> (mode, size)
 
-    def counted(name, run):
+    def add(name: str, mode: str, size: int, run) -> None:
         def side() -> None:
             tokens[name] = run()
 
-        return side
+        sides[name], meta[name] = side, (mode, size)
 
-    for dtype in dtypes:
-        engines = {size: HFEngine(model, batch_size=size, dtype=dtype, device="cpu") for size in (8, 32)}
-        by_length = sorted(
-            (p.messages for p in prompts for _ in range(args.samples)), key=lambda m: len(engines[8].encode(m))
-        )
-        for size, engine in engines.items():
+    def engine_tokens(engine, requests) -> int:
+        return sum(c.completion_tokens for r in engine.generate(requests) for c in r.completions)
 
-            def realign(engine=engine) -> int:
-                return sum(c.completion_tokens for r in engine.generate(requests) for c in r.completions)
+    def texts(engine, subset):
+        return {(r.request_id, i): c.text for r in engine.generate(subset) for i, c in enumerate(r.completions)}
 
-            sides[f"hf_{dtype}_{size}"] = counted(f"hf_{dtype}_{size}", realign)
-            sides[f"plain_{dtype}_{size}"] = counted(
-                f"plain_{dtype}_{size}",
-                lambda engine=engine, size=size, by_length=by_length: plain_generate(engine, by_length, size, params),
-            )
+    for mode, params in modes.items():
+        requests = [GenerationRequest(p.prompt_id, p.messages, params) for p in prompts]
+        for dtype in dtypes:
+            for size in sizes:
+                # realign: the hf engine as it runs by default (continuous batching); generate_path: the same
+                # engine through model.generate batch by batch (the path of sliding-window models, and realign's
+                # before its decoder); plain: a length-sorted model.generate loop with its own sampling
+                engine = HFEngine(model, batch_size=size, dtype=dtype, device="cpu")
+                add(f"realign_{mode}_{dtype}_{size}", mode, size, partial(engine_tokens, engine, requests))
+                if mode == "sampled":
+                    fixed = HFEngine(model, batch_size=size, dtype=dtype, device="cpu")
+                    fixed.decoder = None
+                    add(f"generate_path_{mode}_{dtype}_{size}", mode, size, partial(engine_tokens, fixed, requests))
+                    if size == max(sizes):
+                        figures[f"realign_{mode}_{dtype}_{size}_same_alone"] = same_alone(
+                            partial(texts, engine), requests
+                        )
+                by_length = sorted((p.messages for p in prompts for _ in range(args.samples)), key=engine.encode)
+                plain = partial(plain_generate, engine, by_length, size, params)
+                add(f"plain_{mode}_{dtype}_{size}", mode, size, plain)
+        if importlib.util.find_spec("llama_cpp") is not None:
+            jobs = [(p.prompt_id, prompt_token_ids(tokenizer, p.messages)) for p in prompts]
+            for unified in (False, True):
+                for size in sizes:
+                    name = f"llamacpp_{'unified' if unified else 'streams'}_{mode}_{size}"
+                    batched = LlamaBatched(args.threads, size, unified)
 
-        def texts(subset, engine=engines[32]):
-            return {(r.request_id, i): c.text for r in engine.generate(subset) for i, c in enumerate(r.completions)}
+                    def run(batched=batched, params=params, jobs=jobs) -> int:
+                        return sum(len(t) for t in batched.generate(jobs, params).values())
 
-        figures[f"hf_{dtype}_32_same_alone"] = same_alone(texts, requests)
-    if importlib.util.find_spec("llama_cpp") is not None:
-        jobs = [(p.prompt_id, prompt_token_ids(tokenizer, p.messages)) for p in prompts]
-        for unified in (False, True):
-            for size in (8, 32):
-                name = f"llamacpp_{'unified' if unified else 'streams'}_{size}"
-                batched = LlamaBatched(args.threads, size, unified)
-
-                def run(batched=batched) -> int:
-                    return sum(len(t) for t in batched.generate(jobs, params).values())
-
-                sides[name] = counted(name, run)
-                if size == 32:
-                    figures[f"{name}_same_alone"] = same_alone(
-                        lambda subset, batched=batched: batched.generate(
-                            [(r.request_id, prompt_token_ids(tokenizer, r.messages)) for r in subset], params
-                        ),
-                        requests,
-                    )
+                    add(name, mode, size, run)
+                    if size == max(sizes) and mode == "sampled":
+                        figures[f"{name}_same_alone"] = same_alone(
+                            lambda subset, batched=batched, params=params: batched.generate(
+                                [(r.request_id, prompt_token_ids(tokenizer, r.messages)) for r in subset], params
+                            ),
+                            requests,
+                        )
     server = None
-    if importlib.util.find_spec("llama_cpp.server") is not None and not args.skip_server:
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp sides left out: pip install 'llama-cpp-python[server]' (a source build of 4-6 minutes)")
+    elif importlib.util.find_spec("llama_cpp.server") is not None and not args.skip_server and "sampled" in modes:
         server, url = bundled_server(args.threads)
         client = OpenAIEngine("smollm2", [url], concurrency=8)
-        sides["llamacpp_server_8"] = counted(
-            "llamacpp_server_8",
-            lambda: sum(c.completion_tokens for r in client.generate(requests) for c in r.completions),
-        )
+        requests = [GenerationRequest(p.prompt_id, p.messages, modes["sampled"]) for p in prompts]
+        add("llamacpp_server_sampled_8", "sampled", 8, partial(engine_tokens, client, requests))
     try:
         times = compare(sides, args.repeats)
     finally:
         if server is not None:
             server.kill()
     rates = {name: tokens[name] / seconds for name, seconds in times.items()}
-    best_llama = max((rate for name, rate in rates.items() if name.startswith("llamacpp")), default=None)
     for name, rate in rates.items():
         figures[f"{name}_tokens_per_s"] = rate
-        line = f"{name:<26} {rate:7.1f} tok/s"
-        if best_llama:
-            figures[f"{name}_over_best_llamacpp"] = rate / best_llama
-            line += f"  {rate / best_llama:5.2f}x best llama.cpp"
+        line = f"{name:<34} {rate:6.1f} tok/s"
+        rivals = [r for n, r in rates.items() if n.startswith("llamacpp") and meta[n] == meta[name]]
+        if rivals:  # the best llama.cpp figure of the same mode and size
+            figures[f"{name}_over_best_llamacpp"] = rate / max(rivals)
+            line += f" {rate / max(rivals):5.2f}x llama.cpp"
         if f"{name}_same_alone" in figures:
-            line += f"  same alone: {figures[f'{name}_same_alone']}"
+            line += f" alone: {figures[f'{name}_same_alone']}"
         print(line)
     finish(figures, args.json)
 

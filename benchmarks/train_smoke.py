@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import arguments, compare, finish
+from common import arguments, bench_pairs, compare, finish
 
-from realign_data.build import Build
-from realign_data.config import BuildConfig, load_config
+from realign_data.config import load_config
 from realign_data.models import load_tokenizer, resolve_model
 from realign_data.store import Store, Version
 from trainers.config import PolicyTrainConfig
@@ -79,19 +78,7 @@ def main() -> None:
     try:
         store = Store(scratch / "store")
         start = time.perf_counter()
-        build_config = load_config(
-            BuildConfig,
-            None,
-            [],
-            {
-                "dataset": "bench",
-                "prompts.limit": args.prompts,
-                "generation.max_new_tokens": 96,
-                "pairs.types": ["on_policy", "revision"],
-            },
-        )
-        build = Build(build_config, store)
-        version = build.commit(build.run())
+        version = bench_pairs(store, args.prompts)
         print(f"built {version.ref}: {version.record['rows_by_pair_type']} in {time.perf_counter() - start:.0f} s")
 
         runs = itertools.count()

@@ -513,6 +513,13 @@ def _run_stages(
     return result
 
 
+def _ended(total: int, truncated: int) -> str:
+    """How many responses ended on their own (EOS or a stop string) and how many hit the token limit."""
+    if not total:
+        return "0"
+    return f"{total}: {total - truncated} ended ({(total - truncated) / total:.0%}), {truncated} hit the token limit"
+
+
 def _print_summary(result: BuildResult, until: str) -> None:
     stats = result.stats
     table = Table("", "value", title="realign-data build summary")
@@ -526,8 +533,8 @@ def _print_summary(result: BuildResult, until: str) -> None:
             f"{stats['prompts']} ({counts['read']} read, {counts['duplicates']} duplicates and "
             f"{counts.get('near_duplicates', 0)} near-duplicates dropped)",
         )
-    table.add_row("samples", f"{stats['samples']} ({stats['truncated_samples']} hit the token limit)")
-    table.add_row("revisions", f"{stats['revisions']} ({stats.get('truncated_revisions', 0)} hit the token limit)")
+    table.add_row("samples", _ended(stats["samples"], stats["truncated_samples"]))
+    table.add_row("revisions", _ended(stats["revisions"], stats.get("truncated_revisions", 0)))
     if result.prompts is not None:
         table.add_row("computed now", ", ".join(f"{k}={v}" for k, v in stats["computed"].items()) or "all cached")
     for name in ("sample_scores", "revision_scores"):

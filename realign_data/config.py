@@ -105,7 +105,12 @@ class EngineConfig(StrictModel):
     """The generation backend; `openai` reaches any OpenAI-compatible server."""
 
     kind: Literal["hf", "openai", "vllm"] = "hf"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="hf: sequences decoded at once (continuous batching; on CPU, more rows per step cost little "
+        "more than one: a step reads every weight whatever the batch)",
+    )
     base_urls: list[str] = Field(default_factory=list)
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(16, ge=1)

@@ -390,8 +390,11 @@ def chat_template_sha256(tokenizer) -> str | None:
 
 
 def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto", device: str = "auto"):
-    """Load weights for ``task`` (``causal_lm`` or ``reward``, a sequence-classification head) in eval mode."""
+    """Load weights for ``task`` (``causal_lm`` or ``reward``, a sequence-classification head) for inference: in
+    eval mode, float32 linear layers on CPU packed for oneDNN (realign_data/kernels.py)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from realign_data.kernels import pack_linear_layers
 
     classes = {"causal_lm": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
     if task not in classes:
@@ -407,4 +410,6 @@ def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto
         if (error := load_failure(exc, f"model {model.spec!r}: cannot load the weights in {model.path}")) is None:
             raise
         raise error from exc
-    return loaded.to(device).eval()
+    loaded = loaded.to(device).eval()
+    pack_linear_layers(loaded)
+    return loaded

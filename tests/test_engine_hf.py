@@ -150,3 +150,48 @@ def test_requests_with_different_parameters_in_one_call_each_get_their_own(engin
     for request_id, result in alone.items():
         assert together[request_id].completions == result.completions, request_id
     assert len({c.text for r in alone.values() for c in r.completions}) == 3
+
+
+@pytest.fixture(scope="module")
+def sliding_twin(tmp_path_factory, tiny_model_dir, tokenizer):
+    """The tiny Llama's very weights as a Mistral with a sliding window wider than any test's context: the same
+    model, but its cache keeps a window, so the engine runs it through ``model.generate`` batch by batch."""
+    from transformers import LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    llama = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    config = MistralConfig(**{**llama.config.to_dict(), "model_type": "mistral", "sliding_window": 4096})
+    twin = MistralForCausalLM(config)
+    twin.load_state_dict(llama.state_dict())
+    path = tmp_path_factory.mktemp("tiny-mistral")
+    twin.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return HFEngine(resolve_model(str(path)), batch_size=4)
+
+
+def test_continuous_batching_samples_what_model_generate_samples(engine, sliding_twin):
+    """One model, two paths: the decoder (continuous batching, slots refilled as rows end) and model.generate
+    (fixed batches, the sliding-window twin) give the same tokens for greedy and seeded sampled decoding."""
+    assert engine.decoder is not None and sliding_twin.decoder is None
+    for params in (
+        SamplingParams(n=2, temperature=0.0, max_new_tokens=16),
+        SamplingParams(n=3, temperature=0.8, top_p=0.9, max_new_tokens=20, seed=5),
+        SamplingParams(n=2, temperature=1.2, top_k=7, min_p=0.02, repetition_penalty=1.2, max_new_tokens=12, seed=9),
+    ):
+        decoded, generated = run(engine, requests(params)), run(sliding_twin, requests(params))
+        for request_id, result in generated.items():
+            assert decoded[request_id].completions == result.completions, (params, request_id)
+
+
+def test_prompt_samples_split_over_slots_and_longer_prompts_joining_running_rows(tiny_model_dir):
+    """Two slots for three samples per prompt: a prompt's samples start at different steps, longer prompts join
+    rows already running (the cache widens to the left), the last row decodes alone (the batch compacts). Each
+    sample is still what it is decoded alone, one slot at a time."""
+    narrow = HFEngine(resolve_model(str(tiny_model_dir)), batch_size=2)
+    alone = HFEngine(resolve_model(str(tiny_model_dir)), batch_size=1)
+    params = SamplingParams(n=3, max_new_tokens=10, seed=4)
+    mixed = requests(params, [QUESTIONS[4], QUESTIONS[2], QUESTIONS[3] * 4])
+    widths = [len(narrow.encode(r.messages)) for r in mixed]
+    assert widths[2] > widths[0] + params.max_new_tokens, "the long prompt is wider than the rows it joins"
+    together = run(narrow, mixed)
+    for request in mixed:
+        assert together[request.request_id].completions == run(alone, [request])[request.request_id].completions

@@ -45,11 +45,28 @@ def test_local_directory_fingerprint_tracks_weights(tiny_model_dir, tmp_path):
 
 
 def test_parameter_count_from_headers_matches_torch(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
     model = resolve_model(str(tiny_model_dir))
-    loaded = load_model(model, device="cpu")
-    assert loaded.dtype == torch.float32  # fp32 on CPU
+    loaded = AutoModelForCausalLM.from_pretrained(model.path)
     # tied embeddings are stored once, as torch counts them
     assert model.num_parameters() == sum(p.numel() for p in loaded.parameters())
+
+
+def test_inference_models_on_cpu_run_packed_linear_layers_with_the_same_logits(tiny_model_dir, tokenizer):
+    """load_model is for inference: on CPU in float32 its linear layers are oneDNN-packed (realign_data/kernels.py),
+    and the logits stay those of the model transformers loads, up to float rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from realign_data.kernels import PackedLinear
+
+    packed = load_model(resolve_model(str(tiny_model_dir)), device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert packed.dtype == torch.float32  # fp32 on CPU
+    assert isinstance(packed.lm_head, PackedLinear) and isinstance(packed.model.layers[0].mlp.up_proj, PackedLinear)
+    batch = tokenizer(["a short answer", "another, somewhat longer answer"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(packed(**batch).logits, plain(**batch).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_reward_task_loads_a_sequence_classification_head(tiny_model_dir, tokenizer):

@@ -117,6 +117,32 @@ def test_samples_follow_the_exact_filtered_distribution(designed, tokenizer, par
     assert scipy_stats.chisquare(observed, expected).pvalue > 1e-3
 
 
+def test_top_p_of_a_row_does_not_depend_on_its_neighbours():
+    """Top-p looks at the 64 likeliest tokens first and further only for rows whose 64 hold less than top_p. A row
+    whose 64 likeliest tokens hold 0.9 (the rest spread thin) under top_p 0.85 must keep the same tokens, and so
+    sample the same, beside a flat row that makes the sampler look at the whole vocabulary."""
+    from realign_data.engines.decoding import Row, Sampler
+
+    vocab, params = 5000, SamplingParams(temperature=1.0, top_p=0.85)
+    head = torch.linspace(2.0, 1.0, 64, dtype=torch.float64)
+    probs = torch.cat([0.9 * head / head.sum(), torch.full((vocab - 64,), 0.1 / (vocab - 64), dtype=torch.float64)])
+    peaked, flat = probs.log().float(), torch.zeros(vocab)
+    support = set(range(int((probs.cumsum(0) - probs < params.top_p).sum())))  # the likeliest first
+    assert 10 < len(support) < 64
+
+    def picks(logits: torch.Tensor) -> list[int]:
+        rows = [
+            Row(GenerationRequest(str(i), [], params), 0, [], torch.Generator().manual_seed(7 + i))
+            for i in range(len(logits))
+        ]
+        sampler = Sampler(params)
+        return [sampler(logits, rows)[0] for _ in range(400)]
+
+    alone, beside = picks(peaked[None]), picks(torch.stack([peaked, flat]))
+    assert alone == beside
+    assert set(alone) <= support and len(set(alone)) > len(support) / 2
+
+
 def test_the_checkpoint_generation_config_changes_nothing(tmp_path, tiny_model_dir):
     opinionated = tmp_path / "opinionated"
     shutil.copytree(tiny_model_dir, opinionated)

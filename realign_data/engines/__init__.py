@@ -1,6 +1,6 @@
 """Generation engines: one interface (chat messages in, n samples out), three backends.
 
-- ``hf``: transformers, in-process, batched with left padding and length grouping.
+- ``hf``: transformers, in-process, continuous batching (realign_data/engines/decoding.py).
 - ``openai``: any OpenAI-compatible server (vllm serve, SGLang, TGI, transformers serve), async, retried.
 - ``vllm``: in-process ``vllm.LLM`` (optional extra, CUDA only).
 """

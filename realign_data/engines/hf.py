@@ -1,9 +1,11 @@
-"""The transformers engine: in-process, batched with left padding, batches grouped by prompt length.
+"""The transformers engine: in-process, ``batch_size`` sequences at once, shortest prompts first.
 
-Sampling is reproducible per request, independent of which other requests share its batch: every output row
-draws Gumbel noise from its own seeded generator and decoding takes the argmax of the warped, noised logits (the
-Gumbel-max trick samples exactly from softmax(logits / T) restricted to the min-p, top-k and top-p filters). A
-resumed run therefore regenerates a missing sample exactly as an uninterrupted run would have.
+Models whose attention sees the whole context decode with continuous batching (realign_data/engines/decoding.py:
+a prompt prefilled once for its samples, a finished row's slot refilled at once, each row attended over its own
+keys). Others (sliding-window attention) run ``model.generate`` batch by batch. Both draw every sample's Gumbel
+noise from its own seeded generator (the Gumbel-max trick samples exactly from the filtered softmax), the same
+draws on either path: a resumed run regenerates a missing sample as an uninterrupted run would have (exactly on
+the decoder on CPU; up to the float rounding other rows bring to a padded batch on ``model.generate``).
 
 Only the request's ``SamplingParams`` decide decoding: the checkpoint's own ``generation_config.json``
 (``repetition_penalty``, ``top_k``, ``suppress_tokens``, ...) is replaced by a blank one when the model is loaded,
@@ -39,6 +41,7 @@ from realign_data.engines.base import (
     model_identity,
     row_seed,
 )
+from realign_data.engines.decoding import Decoder, supports
 from realign_data.models import (
     ResolvedModel,
     load_model,
@@ -77,6 +80,8 @@ class HFEngine:
         self.eos_ids = eos | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
         # generate() fills every knob a call leaves unset from model.generation_config: a blank one leaves only ours
         self.model.generation_config = GenerationConfig()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        self.decoder = Decoder(self.model, pad, self.eos_ids, batch_size) if supports(self.model) else None
 
     @classmethod
     def from_config(cls, engine_config, model_config) -> HFEngine:
@@ -89,37 +94,62 @@ class HFEngine:
     def generate(
         self, requests: list[GenerationRequest], progress: Progress | None = None
     ) -> Iterator[GenerationResult]:
-        rows = []  # one row per (request, sample): (group key, length, request, sample index, input ids)
-        for request in requests:
-            ids = self.encode(request.messages)
-            group = astuple(replace(request.params, n=1, seed=0))  # everything but n and seed shapes the batch
-            rows += [(group, len(ids), request, sample, ids) for sample in range(request.params.n)]
-        rows.sort(key=lambda row: (row[0], row[1], row[2].request_id, row[3]))
-        batches = []
-        for _, members in itertools.groupby(rows, key=lambda row: row[0]):
-            grouped = list(members)
-            batches += [grouped[start : start + self.batch_size] for start in range(0, len(grouped), self.batch_size)]
         pending = {r.request_id: r.params.n for r in requests}
         # placeholders: every slot holds its completion before the result is yielded (pending reaches 0)
         results = {
             r.request_id: GenerationResult(r.request_id, cast(list[Completion], [None] * r.params.n)) for r in requests
         }
-        for batch in batches:
-            for (_, _, request, sample, _), completion in zip(batch, self._generate_batch(batch), strict=True):
-                results[request.request_id].completions[sample] = completion
-                pending[request.request_id] -= 1
-                if pending[request.request_id] == 0:
-                    if progress:
-                        progress(1)
-                    yield results.pop(request.request_id)
+        for request, sample, completion in self._completions(requests):
+            results[request.request_id].completions[sample] = completion
+            pending[request.request_id] -= 1
+            if pending[request.request_id] == 0:
+                if progress:
+                    progress(1)
+                yield results.pop(request.request_id)
+
+    def _completions(self, requests: list[GenerationRequest]) -> Iterator[tuple[GenerationRequest, int, Completion]]:
+        """(request, sample index, completion) in the order they end; requests with equal parameters but n and
+        seed decode together, shortest prompts first."""
+        jobs = sorted(
+            ((astuple(replace(r.params, n=1, seed=0)), r, self.encode(r.messages)) for r in requests),
+            key=lambda job: (job[0], len(job[2]), job[1].request_id),
+        )
+        for _, members in itertools.groupby(jobs, key=lambda job: job[0]):
+            group = [(request, ids) for _, request, ids in members]
+            params = group[0][0].params
+            if self.decoder is not None:
+                stop = self._stop_check(params)
+                for row in self.decoder.run(group, params, stop):
+                    logits = torch.stack(row.logits) if row.logits else None
+                    yield row.request, row.sample, self._completion(row.tokens, len(row.prompt), params, logits)
+                continue
+            rows = [(request, sample, ids) for request, ids in group for sample in range(request.params.n)]
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                for (request, sample, _), completion in zip(batch, self._generate_batch(batch), strict=True):
+                    yield request, sample, completion
+
+    def _stop_check(self, params: SamplingParams):
+        """Whether a row has produced one of ``params.stop`` (checked on the text of its last tokens)."""
+        if not params.stop:
+            return lambda row: False
+        window = 4 * max(len(s) for s in params.stop) + 8  # tokens enough to hold any stop string
+        decode = self.tokenizer.decode
+
+        def check(row) -> bool:
+            tail = decode(row.tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in params.stop)
+
+        return check
 
     @torch.inference_mode()
-    def _generate_batch(self, batch) -> list[Completion]:
-        params: SamplingParams = batch[0][2].params  # the same for every row but n and seed
-        width = max(row[1] for row in batch)
+    def _generate_batch(self, batch: list[tuple[GenerationRequest, int, list[int]]]) -> list[Completion]:
+        """``model.generate`` on one batch (models the decoder does not serve): per-row seeded Gumbel noise."""
+        params = batch[0][0].params  # the same for every row but n and seed
+        width = max(len(ids) for _, _, ids in batch)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row[4])) + row[4] for row in batch], device=self.device)
-        attention = torch.tensor([[0] * (width - len(row[4])) + [1] * len(row[4]) for row in batch], device=self.device)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, _, ids in batch], device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in batch], device=self.device)
         # generate() applies the repetition penalty first (ignoring the padding), then these, in vLLM's order
         processors = LogitsProcessorList()
         if params.temperature > 0:
@@ -130,9 +160,7 @@ class HFEngine:
                 processors.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1:
                 processors.append(TopPLogitsWarper(params.top_p))
-            processors.append(
-                SeededGumbelNoise([row_seed(row[2].params.seed, row[2].request_id, row[3]) for row in batch])
-            )
+            processors.append(SeededGumbelNoise([row_seed(r.params.seed, r.request_id, i) for r, i, _ in batch]))
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
@@ -151,24 +179,27 @@ class HFEngine:
             tokenizer=self.tokenizer,
         )
         completions = []
-        for index, (row, tokens) in enumerate(zip(batch, output.sequences[:, width:].tolist(), strict=True)):
+        for index, ((_, _, ids), tokens) in enumerate(zip(batch, output.sequences[:, width:].tolist(), strict=True)):
             ended = next((i for i, token in enumerate(tokens) if token in self.eos_ids), None)
-            kept = tokens[:ended] if ended is not None else tokens
-            generated = tokens[: len(kept) + (ended is not None)]
-            logprobs = (
-                self._token_logprobs(
-                    generated, torch.stack([step[index] for step in output.logits]), params.top_logprobs
-                )
-                if params.top_logprobs > 0
-                else None
-            )
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
-            if stop_at >= 0:
-                text = text[:stop_at]
-            finish = "stop" if ended is not None or stop_at >= 0 else "length"
-            completions.append(Completion(text.strip(), row[1], len(generated), finish, logprobs))
+            generated = tokens[: ended + 1] if ended is not None else tokens
+            logits = torch.stack([step[index] for step in output.logits]) if params.top_logprobs > 0 else None
+            completions.append(self._completion(generated, len(ids), params, logits))
         return completions
+
+    def _completion(
+        self, generated: list[int], prompt_tokens: int, params: SamplingParams, logits: torch.Tensor | None
+    ) -> Completion:
+        """The completion of a row's generated tokens (an EOS last included), cut at the first stop string; with
+        ``logits`` (one row of raw logits per step), its tokens' log-probabilities."""
+        ended = bool(generated) and generated[-1] in self.eos_ids
+        kept = generated[:-1] if ended else generated
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
+        if stop_at >= 0:
+            text = text[:stop_at]
+        finish = "stop" if ended or stop_at >= 0 else "length"
+        logprobs = self._token_logprobs(generated, logits, params.top_logprobs) if logits is not None else None
+        return Completion(text.strip(), prompt_tokens, len(generated), finish, logprobs)
 
     def _token_logprobs(self, tokens: list[int], logits: torch.Tensor, k: int) -> tuple[TokenLogprob, ...]:
         """Per generated token (the EOS included): log-probabilities under the raw logits (one row per step),
