@@ -181,10 +181,10 @@ def test_smoke_manifest_is_the_embedded_default():
 @pytest.mark.slow
 def test_embedded_default_end_to_end(tmp_path, smollm2):
     """`realign-data build` as `make demo` runs it (the embedded default: SmolLM2 as policy, reviser and judge; the
-    test takes 6 of its 16 built-in prompts to stay within CI's time, and test_smoke_manifest_is_the_embedded_default
+    test takes 4 of its 16 built-in prompts to stay within CI's time, and test_smoke_manifest_is_the_embedded_default
     checks that the rest of the config is the default)."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "realign-data"), "build", "--limit", "6"],
+        [str(Path(sys.executable).parent / "realign-data"), "build", "--limit", "4"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -192,21 +192,21 @@ def test_embedded_default_end_to_end(tmp_path, smollm2):
         env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stderr
-    for line in ("prompts", "samples", "revisions", "pairs on_policy", "sample scores", "version written"):
+    for line in ("prompts", "samples", "revisions", "sample scores", "version written"):
         assert line in result.stdout
     store = Store(tmp_path / "realign-store")
     version = store.resolve("smoke@v1")
     assert store.verify("smoke@v1") == []
-    assert version.record["inputs"]["prompts"]["counts"]["kept"] == 6
-    assert version.record["stats"]["samples"] == 12 and version.record["stats"]["revisions"] == 6
+    assert version.record["inputs"]["prompts"]["counts"]["kept"] == 4
+    assert version.record["stats"]["samples"] == 8 and version.record["stats"]["revisions"] == 4
     # Which candidates SmolLM2 leaves usable varies with the machine (thread count changes its sampled text), so the
     # test asks what holds on every machine: pairs come out, and every prompt's on-policy candidate and every revision
     # is either a pair or a counted drop.
     rows, dropped = version.record["rows_by_pair_type"], version.record["stats"]["dropped"]
-    assert sum(rows.values()) >= 1
+    assert sum(rows.values()) >= 1 and all(f"pairs {pair_type}" in result.stdout for pair_type in rows)
     for pair_type in ("on_policy", "revision"):
         reasons = sum(n for key, n in dropped.items() if key.startswith(f"{pair_type}:"))
-        assert rows.get(pair_type, 0) + reasons == 6, (pair_type, rows, dropped)
+        assert rows.get(pair_type, 0) + reasons == 4, (pair_type, rows, dropped)
     assert version.record["models"]["policy"]["identity"] == f"smollm2-135m-instruct@{smollm2.fingerprint()}"
 
 

@@ -187,3 +187,40 @@ def test_sampling_knobs_are_off_unless_configured():
     assert (generation.top_k, generation.min_p, generation.repetition_penalty) == (40, 0.05, 1.0)
     default = load_config(BuildConfig).generation
     assert (default.top_k, default.min_p, default.repetition_penalty) == (0, 0.0, 1.0)
+
+
+def test_top_p_keeps_the_defined_tokens_whichever_way_a_row_is_resolved():
+    """Rows built so that each is resolved another way (its 64 likeliest tokens, its 1024 likeliest, its least likely
+    sixth, a full sort) keep exactly the tokens of the definition, computed here in float64 on a sorted copy."""
+    from realign_data.engines.decoding import Sampler
+
+    vocab, top_p = 49152, 0.9
+    generator = torch.Generator().manual_seed(3)
+
+    def row(head: int, head_mass: float) -> torch.Tensor:
+        """``head`` likelier tokens holding ``head_mass`` and a thin tail, each slightly different, shuffled."""
+        weights = 1 + torch.rand(vocab, generator=generator, dtype=torch.float64)
+        weights[:head] *= head_mass / weights[:head].sum()
+        weights[head:] *= (1 - head_mass) / weights[head:].sum()
+        return weights[torch.randperm(vocab, generator=generator)]
+
+    rows = {
+        "64 likeliest": row(20, 0.97),
+        "1024 likeliest": row(400, 0.97),
+        "least likely sixth": torch.softmax(0.01 * torch.randn(vocab, generator=generator, dtype=torch.float64), 0),
+        "full sort": row(5000, 0.905),
+    }
+    probs = torch.stack(list(rows.values())).float()
+    probs = probs / probs.sum(-1, keepdim=True)
+    served = {}
+    for members, tokens, kept in Sampler(SamplingParams(temperature=1.0, top_p=top_p))._kept(probs):
+        for member, row_tokens, row_kept in zip(members.tolist(), tokens, kept, strict=True):
+            served[member] = set(row_tokens[row_kept].tolist())
+    assert sorted(served) == [0, 1, 2, 3], "every row is resolved once"
+    for index, name in enumerate(rows):
+        exact = probs[index].double()
+        ascending, order = exact.sort()
+        removed = ascending.cumsum(0) <= 1 - top_p
+        removed[-1] = False
+        assert served[index] == set(order[~removed].tolist()), name
+        assert 0 < len(served[index]) < vocab, name

@@ -12,7 +12,6 @@ from typing import Any
 
 import datasets
 import pyarrow.parquet as pq
-from trl.data_utils import common_prefix_length
 
 from realign_data.errors import InputError
 from realign_data.files import sha256_file
@@ -143,6 +142,8 @@ def truncation_report(data: datasets.Dataset, tokenizer, max_length: int) -> dic
     prompt is cut short at that divergence (``prompt_cut``: TRL then trains on other prompt tokens than the policy
     was sampled with, because the template renders the prompt otherwise when a response follows, or tokens merge
     across the boundary). Refuses data where every prompt alone is too long."""
+    from trl.data_utils import common_prefix_length  # imports transformers: not needed to refuse bad input
+
     fully = partly = cut = 0
     shortest = None
     for row in data:

@@ -38,6 +38,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from realign_data.engines.base import GenerationRequest, SamplingParams, row_seed
 
 CANDIDATES = 64  # top-p looks at this many likeliest tokens first (more when they hold less than top_p)
+WIDER = 16 * CANDIDATES  # and then at this many
 
 
 def cache_argument(model) -> str:
@@ -58,7 +59,7 @@ def row_attention(module, query, key, value, attention_mask, dropout=0.0, scalin
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     output = query.new_zeros(query.shape[0], 1, query.shape[1], query.shape[3])
-    for start, end, keys in _key_runs(attention_mask, query.shape[0], key.shape[2]):
+    for start, end, keys in _STEP_RUNS.of(attention_mask, query.shape[0], key.shape[2]):
         row_key, row_value = (
             (key[start:end, :, keys:], value[start:end, :, keys:])
             if isinstance(keys, int)
@@ -91,6 +92,22 @@ def _key_runs(mask: torch.Tensor | None, rows: int, length: int) -> list[tuple[i
             runs.append((row, row + 1, first))
     return runs
 
+
+class _StepRuns:
+    """The key runs of a step's mask, worked out at its first layer: every layer of a forward pass gets the same mask
+    tensor. The mask is held, so a later step's mask cannot be a new tensor with its identity."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+        self.runs: list[tuple[int, int, int | torch.Tensor]] = []
+
+    def of(self, mask: torch.Tensor | None, rows: int, length: int) -> list[tuple[int, int, int | torch.Tensor]]:
+        if mask is None or mask is not self.mask:
+            self.mask, self.runs = mask, _key_runs(mask, rows, length)
+        return self.runs
+
+
+_STEP_RUNS = _StepRuns()
 
 AttentionInterface.register(ROW_ATTENTION, row_attention)
 AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)
@@ -156,7 +173,14 @@ class Row:
 
 class Sampler:
     """The next token of every row from its raw logits, in vLLM's order: repetition penalty, temperature, min-p,
-    top-k, top-p (each on what the previous left, renormalized), then seeded Gumbel noise per row."""
+    top-k, top-p (each on what the previous left, renormalized), then seeded Gumbel noise per row.
+
+    Top-p removes a token when the tokens no likelier than it (itself included, ties in sort order) hold at most
+    ``1 - top_p`` of the mass, as vLLM does; equivalently, it keeps a token while the likelier tokens hold less
+    than ``top_p``. Sorting the whole vocabulary every step is slow, so each row is resolved by the cheapest of:
+    its likeliest 64 tokens, its likeliest 1024, its least likely sixth (flat rows, where what is removed is a
+    thin tail), and a full sort. Which one serves a row depends on that row only, never on its neighbours, so a
+    sample does not depend on its batch."""
 
     def __init__(self, params: SamplingParams):
         self.params = params
@@ -178,28 +202,65 @@ class Sampler:
         probs = torch.softmax(scores, dim=-1)
         if p.min_p > 0:
             probs = probs * (probs >= p.min_p * probs.max(dim=-1, keepdim=True).values)
-        count = probs.shape[-1] if p.top_k <= 0 else min(p.top_k, probs.shape[-1])
-        top_p = p.top_p if p.top_p < 1 else None
-        wanted = count if top_p is None or p.top_k > 0 else min(count, CANDIDATES)
-        while True:
-            values, tokens = torch.topk(probs, wanted, dim=-1)  # likeliest first
-            if top_p is None or wanted == count:
-                break
-            held = values.sum(-1) / probs.sum(-1)  # the top-p set lies in these when they hold top_p
-            if bool((held >= top_p).all()):
-                break
-            wanted = min(count, 4 * wanted)
-        kept = values > 0
-        if top_p is not None:  # the likeliest tokens while the mass before them is below top_p
-            # shares of all that min-p and top-k left (all candidates when top-k cut, else all of probs)
-            values = values / (values if wanted == count else probs).sum(-1, keepdim=True)
-            kept &= values.cumsum(-1) - values < top_p
+        if 0 < p.top_k < probs.shape[-1]:  # every token as likely as the k-th stays (vLLM's threshold)
+            probs = probs * (probs >= torch.topk(probs, p.top_k, dim=-1).values[:, -1:])
+        probs = probs / probs.sum(-1, keepdim=True)
         # Gumbel-max over the kept tokens: a full row of uniforms per step from the row's own generator, read at
         # the kept tokens' ids, so a token's noise does not depend on which other tokens were kept
         uniforms = torch.stack([torch.rand(scores.shape[-1], generator=row.generator) for row in rows])
-        noise = uniforms.gather(1, tokens).clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
-        noised = torch.where(kept, scores.gather(1, tokens) + noise, float("-inf"))
-        return tokens.gather(1, noised.argmax(-1, keepdim=True))[:, 0].tolist()
+        picks = [0] * len(rows)
+        for members, tokens, kept in self._kept(probs):
+            noise = uniforms[members].gather(1, tokens).clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
+            noised = torch.where(kept, scores[members].gather(1, tokens) + noise, float("-inf"))
+            chosen = tokens.gather(1, noised.argmax(-1, keepdim=True))[:, 0].tolist()
+            for member, token in zip(members.tolist(), chosen, strict=True):
+                picks[member] = token
+        return picks
+
+    def _kept(self, probs: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(rows, candidate tokens [rows, c], kept [rows, c]) groups covering every row once; tokens outside a
+        row's candidates are not kept."""
+        top_p, vocab = self.params.top_p, probs.shape[-1]
+        pending = torch.arange(probs.shape[0])
+        if top_p >= 1:
+            yield pending, self._all(probs), probs > 0
+            return
+        if CANDIDATES < vocab:  # the likeliest tokens
+            values, tokens = torch.topk(probs, CANDIDATES, dim=-1)
+            held = values.cumsum(-1)
+            done = held[:, -1] >= top_p  # the next token would be removed
+            yield pending[done], tokens[done], self._kept_head(values[done], held[done])
+            # a row whose next 15 x 64 tokens, each at most as likely as its last one here, cannot reach top_p
+            hopeful = held[:, -1] + (WIDER - CANDIDATES) * values[:, -1] >= top_p
+            pending, wider = pending[~done], hopeful[~done]
+            if WIDER < vocab and bool(wider.any()):
+                values, tokens = torch.topk(probs[pending[wider]], WIDER, dim=-1)
+                held = values.cumsum(-1)
+                done = held[:, -1] >= top_p
+                yield pending[wider][done], tokens[done], self._kept_head(values[done], held[done])
+                pending = torch.cat([pending[~wider], pending[wider][~done]])
+        count = vocab // 6 + 1
+        if len(pending) and count < vocab:  # flat rows: what is removed lies in the least likely tokens
+            values, tokens = torch.topk(probs[pending], count, dim=-1, largest=False)  # least likely first
+            through = values.cumsum(-1)
+            done = through[:, -1] > 1 - top_p  # the likeliest of these is kept, and so every likelier one
+            removed = torch.zeros(int(done.sum()), vocab, dtype=torch.bool)
+            removed.scatter_(1, tokens[done], (through <= 1 - top_p)[done] | (values[done] <= 0))
+            yield pending[done], self._all(removed), ~removed
+            pending = pending[~done]
+        if len(pending):
+            values, tokens = torch.sort(probs[pending], dim=-1, descending=True)
+            yield pending, tokens, self._kept_head(values, values.cumsum(-1))
+
+    def _kept_head(self, values: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+        """Of candidates sorted likeliest first (``held``: their running sum), those kept: the likelier ones hold
+        less than top_p."""
+        return (held - values < self.params.top_p) & (values > 0)
+
+    @staticmethod
+    def _all(like: torch.Tensor) -> torch.Tensor:
+        """Every token id, for each row of ``like``."""
+        return torch.arange(like.shape[-1]).expand(like.shape[0], -1)
 
 
 class Decoder:
