@@ -1,11 +1,14 @@
 """realign-train's DPO against a plain TRL DPOTrainer script: seconds per step, peak memory, the first losses.
 
 Both train the embedded SmolLM2-135M-Instruct on the same pairs (a small version built here), in the same order,
-with the same batch, length, learning rate, precision (float32 on CPU) and reference log-probs computed once
-before training (TRL's precompute_ref_log_probs, realign's default). Each run is a process of its own, so that
-its peak RSS is its own; seconds per step are the median of ``Trainer.training_step`` calls after the first,
-timed the same way on both sides. Then realign alone with each of TRL's memory savers switched the other way:
-reference log-probs computed every step, gradient checkpointing, LoRA (r 16, all linear layers).
+with the same batch, length, learning rate, precision (float32 on CPU), reference log-probs computed once
+before training (TRL's precompute_ref_log_probs, realign's default) and no gradient checkpointing (realign's
+default; TRL's DPOConfig turns it on unless told otherwise, which alone made the plain script 0.73x realign's
+peak memory and 1.2x its seconds per step in an earlier, unequal version of this benchmark). Each run is a
+process of its own, so that its peak RSS is its own; seconds per step are the median of
+``Trainer.training_step`` calls after the first, timed the same way on both sides. Then realign alone with each
+of TRL's memory savers switched the other way: reference log-probs computed every step, gradient checkpointing,
+LoRA (r 16, all linear layers).
 
     python benchmarks/train_vs_trl.py [--steps 6] [--prompts 12] [--repeats 3] [--json]
 """
@@ -105,6 +108,7 @@ def run_plain(store: Path, ref: str, output: Path, steps: int) -> dict:
         save_strategy="no",
         seed=0,
         precompute_ref_log_probs=True,
+        gradient_checkpointing=False,  # TRL's DPOConfig turns it on by default; realign's default is off
         **TRAIN,
     )
     trainer = DPOTrainer(
