@@ -97,7 +97,6 @@ def test_a_ray_build_gives_the_local_rows_even_when_a_worker_actor_is_killed(
     rows = pair_rows(build.commit(result))
     for mine, theirs in zip(rows, local_rows, strict=True):
         assert mine == theirs, {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
-    assert len(rows) == len(local_rows)
 
 
 def test_a_killed_driver_reruns_only_what_is_missing(tmp_path, tiny_model_dir, cluster, uninterrupted):

@@ -225,20 +225,18 @@ class Sampler:
         if top_p >= 1:
             yield pending, self._all(probs), probs > 0
             return
-        if CANDIDATES < vocab:  # the likeliest tokens
-            values, tokens = torch.topk(probs, CANDIDATES, dim=-1)
+        reach = torch.ones(len(pending))  # the most each pending row's next candidates could hold
+        for count, after in ((CANDIDATES, WIDER), (WIDER, vocab)):  # the likeliest tokens
+            tried = reach >= top_p
+            if count >= vocab or not bool(tried.any()):
+                break
+            values, tokens = torch.topk(probs[pending[tried]], count, dim=-1)  # likeliest first
             held = values.cumsum(-1)
             done = held[:, -1] >= top_p  # the next token would be removed
-            yield pending[done], tokens[done], self._kept_head(values[done], held[done])
-            # a row whose next 15 x 64 tokens, each at most as likely as its last one here, cannot reach top_p
-            hopeful = held[:, -1] + (WIDER - CANDIDATES) * values[:, -1] >= top_p
-            pending, wider = pending[~done], hopeful[~done]
-            if WIDER < vocab and bool(wider.any()):
-                values, tokens = torch.topk(probs[pending[wider]], WIDER, dim=-1)
-                held = values.cumsum(-1)
-                done = held[:, -1] >= top_p
-                yield pending[wider][done], tokens[done], self._kept_head(values[done], held[done])
-                pending = torch.cat([pending[~wider], pending[wider][~done]])
+            yield pending[tried][done], tokens[done], self._kept_head(values[done], held[done])
+            # the next `after - count` tokens are each at most as likely as the last one here
+            reach = torch.cat([reach[~tried], (held[:, -1] + (after - count) * values[:, -1])[~done]])
+            pending = torch.cat([pending[~tried], pending[tried][~done]])
         count = vocab // 6 + 1
         if len(pending) and count < vocab:  # flat rows: what is removed lies in the least likely tokens
             values, tokens = torch.topk(probs[pending], count, dim=-1, largest=False)  # least likely first
