@@ -4,7 +4,7 @@ Workload: built-in chat prompts x K samples (8 x 4 by default), temperature 0.8,
 tokens, stop at EOS, --threads threads; the embedded SmolLM2-135M-Instruct: its Q4_1 GGUF for llama.cpp, its
 de-quantized weights for transformers. Sides, each at batch (or parallel sequences) 8 and 32, sampled and greedy:
 - realign's hf engine as it runs by default (continuous batching, realign_data/engines/decoding.py) in float32
-  (the CPU default) and bfloat16 (where the CPU has native bf16); sampled, also through `model.generate` batch by
+  and bfloat16 (where the CPU has native bf16, and there the default); sampled, also through `model.generate` batch by
   batch (the path of sliding-window models, and all of realign's before the decoder);
 - the plain transformers loop (prompts sorted by length, `generate` with its own sampling), float32 and bfloat16;
 - llama.cpp batched decoding through llama-cpp-python, the K samples of a prompt sharing its prefill (KV copied),
@@ -30,7 +30,6 @@ import sys
 import time
 import urllib.request
 from functools import partial
-from pathlib import Path
 
 import torch
 from common import arguments, compare, finish, plain_generate
@@ -40,13 +39,15 @@ from realign_data.engines import GenerationRequest, SamplingParams
 from realign_data.engines.base import row_seed
 from realign_data.engines.hf import HFEngine
 from realign_data.engines.openai_engine import OpenAIEngine
-from realign_data.models import DEFAULT_MODEL, alias_gguf, load_tokenizer, prompt_token_ids, resolve_model
+from realign_data.models import (
+    DEFAULT_MODEL,
+    alias_gguf,
+    load_tokenizer,
+    native_bf16,
+    prompt_token_ids,
+    resolve_model,
+)
 from realign_data.prompts import load_prompts
-
-
-def native_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if sys.platform == "linux" else ""
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 class LlamaBatched:

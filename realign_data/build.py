@@ -46,6 +46,8 @@ from realign_data.files import content_key, write_json
 from realign_data.models import (
     chat_template_sha256,
     load_tokenizer,
+    pick_device,
+    pick_dtype,
     prompt_token_ids,
     resolve_model,
     token_ids_sha256,
@@ -172,6 +174,33 @@ def server_prompt_ids(engine: EngineConfig, model: str, messages: list[dict[str,
     return tokens, shown
 
 
+def settle_dtypes(config: BuildConfig) -> BuildConfig:
+    """The config with ``dtype: auto`` of every transformers model resolved where it runs (this machine, or Ray's
+    CPU workers alike), so that the engines compute in the dtype that the stored config and each text's generator
+    id name. vLLM and GPU workers resolve their own ``auto``, and keep it as their label."""
+    gpu_workers = config.execution.backend == "ray" and config.execution.gpus_per_worker > 0
+
+    def settled(model: ModelConfig, engine: EngineConfig, cpu_bf16: bool) -> ModelConfig:
+        if model.dtype != "auto" or engine.kind != "hf":
+            return model
+        on_ray = config.execution.backend == "ray"
+        device = "cpu" if on_ray and model.device == "auto" else pick_device(model.device)
+        if on_ray and (gpu_workers or device != "cpu"):
+            return model
+        return model.model_copy(update={"dtype": str(pick_dtype("auto", device, cpu_bf16)).removeprefix("torch.")})
+
+    revision, scoring = config.revision, config.scoring
+    update: dict[str, Any] = {"policy": settled(config.policy, config.engine, cpu_bf16=True)}
+    if revision.reviser is not None:
+        reviser = settled(revision.reviser, revision.engine or config.engine, cpu_bf16=True)
+        update["revision"] = revision.model_copy(update={"reviser": reviser})
+    if scoring.model is not None:
+        reward = scoring.method == "reward_model"
+        engine = scoring.engine or (EngineConfig(kind="hf") if reward else config.engine)
+        update["scoring"] = scoring.model_copy(update={"model": settled(scoring.model, engine, cpu_bf16=not reward)})
+    return config.model_copy(update=update)
+
+
 class Build:
     def __init__(
         self,
@@ -181,7 +210,7 @@ class Build:
         fresh: bool = False,
         progress: TaskFactory | None = None,
     ):
-        self.config = config
+        self.config = settle_dtypes(config)
         self.store = store
         run_id = run_id or config.dataset
         check_name(run_id, hint=" (--run-id names one folder under <store>/runs/)", what="run id")
@@ -416,10 +445,10 @@ class Build:
     def sample_keys(self, prompts: PromptSet) -> dict[str, list[str]]:
         """The cache keys of every prompt's K samples: {prompt_id: [key of sample 0, 1, ...]}."""
         params = self.sample_params()
-        identity = self.identity(self.config.engine, self.config.policy)
+        generator = self.generator_id(self.config.engine, self.config.policy)
         key_params = {k: v for k, v in params.as_dict().items() if k != "n"}
         return {
-            p.prompt_id: [content_key("generate", identity, key_params, p.prompt_id, i) for i in range(params.n)]
+            p.prompt_id: [content_key("generate", generator, key_params, p.prompt_id, i) for i in range(params.n)]
             for p in prompts.prompts
         }
 
@@ -428,20 +457,29 @@ class Build:
 
     def revision_drafts(self, prompts: PromptSet, samples: dict[str, list[dict]]) -> dict[str, tuple]:
         """The drafts to revise by cache key: {key: (prompt, position among the prompt's samples, draft row)}."""
-        params, identity = self.revision_params(), self.identity(*self.reviser)
+        params, generator = self.revision_params(), self.generator_id(*self.reviser)
         drafts = {}
         for prompt in prompts.prompts:
             for index, draft in enumerate(samples.get(prompt.prompt_id, [])[: self.config.revision.drafts_per_prompt]):
                 key = content_key(
-                    "revise", identity, self.revision_template.sha256, params.as_dict(), prompt.prompt_id, draft["text"]
+                    "revise",
+                    generator,
+                    self.revision_template.sha256,
+                    params.as_dict(),
+                    prompt.prompt_id,
+                    draft["text"],
                 )
                 drafts[key] = (prompt, index, draft)
         return drafts
 
     def generator_id(self, engine: EngineConfig, model: ModelConfig) -> str:
-        """What a generation stage's throughput depends on: the engine kind and the model (a served one's name)."""
+        """What produced a text (part of its cache key) and what a stage's throughput depends on: a served model's
+        name (openai:NAME), else the engine kind, the dtype it computes in (settle_dtypes) and the model
+        (hf:bfloat16:SPEC@FP)."""
         identity = self.identity(engine, model)
-        return identity if engine.kind == "openai" else f"{engine.kind}:{identity}"
+        if engine.kind == "openai":
+            return identity
+        return f"{engine.kind}:{model.dtype}:{identity}"
 
     def scorer_id(self) -> str:
         """What a score depends on (part of every score's cache key): computed once, the config does not change."""
@@ -451,11 +489,11 @@ class Build:
 
     def _describe_scorer(self) -> str:
         engine_config, model_config = self.judge
-        if self.config.scoring.method == "reward_model":  # reward:SPEC@FP (transformers), reward:vllm:SPEC@FP,
-            kind = "vllm:" if engine_config.kind == "vllm" else ""  # reward:openai:NAME (served)
-            return f"reward:{kind}{self.identity(engine_config, model_config)}"
+        generator = self.generator_id(engine_config, model_config)
+        if self.config.scoring.method == "reward_model":  # reward:hf:DTYPE:SPEC@FP, reward:openai:NAME, ...
+            return f"reward:{generator}"
         method = (LogprobJudge if engine_config.kind == "hf" else TextJudge).method
-        return f"{method}:{self.identity(engine_config, model_config)}:{self.judge_template.sha256[:12]}"
+        return f"{method}:{generator}:{self.judge_template.sha256[:12]}"
 
     def scorer(self):
         """The scorer in this process (sharing its engines with the other roles), or on the Ray cluster; made once
@@ -729,12 +767,17 @@ class Build:
             "policy": {
                 "spec": self.config.policy.spec,
                 "identity": self.identity(self.config.engine, self.config.policy),
+                "generator": self.generator_id(self.config.engine, self.config.policy),
                 "prompt_rendering": self.prompt_rendering(result.prompts),
             },
             "scorer": {"id": self.scorer_id()},
         }
         if self.config.revision.reviser or set(self.config.pairs.types) - {"on_policy"}:
-            models["reviser"] = {"spec": self.reviser[1].spec, "identity": self.identity(*self.reviser)}
+            models["reviser"] = {
+                "spec": self.reviser[1].spec,
+                "identity": self.identity(*self.reviser),
+                "generator": self.generator_id(*self.reviser),
+            }
         inputs = {"prompts": result.prompts.record(), "run_dir": str(self.run_dir)}
         result.samples_version = self.store.write_version(
             samples_name(self.config.dataset),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from realign_data.build import BuildResult
 from realign_data.errors import InputError, main_with_errors
 from realign_data.files import json_text, write_json, write_jsonl
-from realign_data.models import load_tokenizer, resolve_model
+from realign_data.models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from realign_data.prompts import length_stats, load_prompts
 from realign_data.quality import describe as describe_length_bias
 from realign_data.quality import length_bias
@@ -141,10 +141,12 @@ def models_show(
     ],
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Resolve a model spec (converting GGUF once) and print its path, architecture, size and fingerprint."""
+    """Resolve a model spec (converting GGUF once) and print its path, architecture, size and fingerprint, and the
+    device and dtype `dtype: auto` gives generation on this machine."""
     _quiet_transformers()
     model = resolve_model(spec)
     params = model.num_parameters()
+    device = pick_device()
     info = {
         "spec": spec,
         "source": model.source,
@@ -153,6 +155,7 @@ def models_show(
         "parameters": params,
         "chat_template": model.has_chat_template,
         "fingerprint": model.fingerprint(),
+        "generation": f"{device}, {str(pick_dtype('auto', device, cpu_bf16=True)).removeprefix('torch.')}",
     }
     if fmt is Format.json:
         print_json(info)

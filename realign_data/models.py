@@ -338,15 +338,26 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def pick_dtype(dtype: str, device: str):
-    """fp32 on CPU, bf16 on GPUs that support it (fp16 otherwise), unless a dtype is named."""
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 inference runs at its speed."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def pick_dtype(dtype: str, device: str, cpu_bf16: bool = False):
+    """Unless a dtype is named: bf16 on GPUs that support it (fp16 otherwise); on CPU float32, or bf16 where
+    ``cpu_bf16`` allows it and the CPU computes it natively (decoding: about 1.3x float32's speed with a sample
+    still independent of its batch; not training, which TRL runs in float32 on CPU, nor padded reward batches,
+    whose bf16 scores move with their batch)."""
     import torch
 
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_bf16 and native_bf16() else torch.float32
 
 
 def load_tokenizer(model: ResolvedModel):
@@ -405,7 +416,7 @@ def load_model(model: ResolvedModel, task: str = "causal_lm", dtype: str = "auto
             f"model {model.spec!r}: no weights in {model.path} (expected model.safetensors or pytorch_model.bin)"
         )
     try:
-        loaded = classes[task].from_pretrained(model.path, dtype=pick_dtype(dtype, device))
+        loaded = classes[task].from_pretrained(model.path, dtype=pick_dtype(dtype, device, task == "causal_lm"))
     except Exception as exc:  # noqa: BLE001 - classified: a bad file is exit 2, the environment exit 1
         if (error := load_failure(exc, f"model {model.spec!r}: cannot load the weights in {model.path}")) is None:
             raise

@@ -55,6 +55,8 @@ def test_stages_chain_and_commit_a_version_with_provenance(tmp_path, tiny_model_
     manifest = version.record
     assert manifest["config"]["generation"]["num_samples"] == 3
     assert manifest["models"]["policy"]["identity"].startswith(f"{tiny_model_dir}@sha256:")
+    policy = manifest["models"]["policy"]
+    assert policy["generator"] in (f"hf:{dtype}:{policy['identity']}" for dtype in ("float32", "bfloat16"))
     assert manifest["models"]["scorer"]["id"].startswith("judge-logprob.v2:")
     assert manifest["inputs"]["prompts"]["counts"]["kept"] == 6
     assert set(manifest["rows_by_pair_type"]) <= {"on_policy", "revision", "revision_direct", "reviser_train"}
@@ -80,6 +82,13 @@ def test_rerun_reuses_every_cached_result_and_fresh_recomputes(tmp_path, tiny_mo
     fresh = Build(tiny_config(tiny_model_dir), store, fresh=True).run()
     assert fresh.stats["computed"]["generate"] == 18
     assert fresh.rows == again.rows
+    # the dtype is part of what produced a text: float32 and bfloat16 builds share no sample, and the one that
+    # `dtype: auto` resolves to on this CPU finds its samples cached
+    computed = [
+        Build(tiny_config(tiny_model_dir, **{"policy.dtype": dtype}), store).run("generate").stats["computed"]
+        for dtype in ("float32", "bfloat16")
+    ]
+    assert sorted(c.get("generate", 0) for c in computed) == [0, 18]
 
 
 def test_pairs_stage_writes_nothing_and_stage_commands_print_summaries(tmp_path, tiny_model_dir):
@@ -218,11 +227,15 @@ def test_reward_model_scoring(tmp_path, tiny_model_dir, tokenizer, reward_model_
     reward = AutoModelForSequenceClassification.from_pretrained(reward_dir)
     config = tiny_config(
         tiny_model_dir,
-        **{"scoring.method": "reward_model", "pairs.types": ["on_policy"], "scoring.model": {"spec": str(reward_dir)}},
+        **{
+            "scoring.method": "reward_model",
+            "pairs.types": ["on_policy"],
+            "scoring.model": {"spec": str(reward_dir), "dtype": "float32"},  # compared at 1e-4 below
+        },
     )
     build = Build(config, Store(tmp_path / "store"))
     version = build.commit(build.run())
-    assert version.record["models"]["scorer"]["id"].startswith(f"reward:{reward_dir}@sha256:")
+    assert version.record["models"]["scorer"]["id"].startswith(f"reward:hf:float32:{reward_dir}@sha256:")
     row = pair_rows(version)[0]
     ids = tokenizer.apply_chat_template(
         row["prompt"] + row["chosen"], tokenize=True, return_dict=True, return_tensors="pt"

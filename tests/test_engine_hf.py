@@ -87,9 +87,11 @@ def test_stop_strings_cut_the_text(engine):
     assert stopped.finish_reason == "stop"
 
 
-def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(engine, tokenizer):
+def test_logprobs_are_those_of_the_raw_logits_at_every_generated_token(tiny_model_dir, tokenizer):
     """Greedy under a repetition penalty: the logprobs reported are the unpenalized model's, the choice the
-    penalized one's; both are recomputed here with plain forward passes."""
+    penalized one's; both are recomputed here with plain forward passes (in float32, to 1e-4: in bfloat16 the
+    plain pass attends in bfloat16 and the decoder in float32)."""
+    engine = HFEngine(resolve_model(str(tiny_model_dir)), batch_size=3, dtype="float32")
     messages = [{"role": "user", "content": QUESTIONS[1]}]
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=6, repetition_penalty=1.5, top_logprobs=3)
     completion = run(engine, [GenerationRequest("q", messages, params)])["q"].completions[0]

@@ -1,11 +1,12 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from realign_data.errors import RealignError
-from realign_data.models import alias_gguf, load_model, resolve_model
+from realign_data.models import alias_gguf, load_model, pick_dtype, resolve_model
 from tests.helpers import run_cli
 
 
@@ -53,20 +54,53 @@ def test_parameter_count_from_headers_matches_torch(tiny_model_dir):
     assert model.num_parameters() == sum(p.numel() for p in loaded.parameters())
 
 
-def test_inference_models_on_cpu_run_packed_linear_layers_with_the_same_logits(tiny_model_dir, tokenizer):
-    """load_model is for inference: on CPU in float32 its linear layers are oneDNN-packed (realign_data/kernels.py),
-    and the logits stay those of the model transformers loads, up to float rounding."""
+CPU_FLAGS = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else None
+NATIVE_BF16 = CPU_FLAGS is not None and bool({"avx512_bf16", "amx_bf16"} & set(CPU_FLAGS))
+
+
+@pytest.mark.skipif(CPU_FLAGS is None, reason="reads the CPU's flags from /proc/cpuinfo (Linux)")
+def test_auto_dtype_on_cpu_is_bfloat16_for_decoding_only_where_the_cpu_has_it(tiny_model_dir):
+    assert pick_dtype("auto", "cpu", cpu_bf16=True) == (torch.bfloat16 if NATIVE_BF16 else torch.float32)
+    assert pick_dtype("auto", "cpu") == torch.float32  # training (TRL on CPU) and padded reward batches
+    assert pick_dtype("float32", "cpu", cpu_bf16=True) == torch.float32
+    assert pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    model = resolve_model(str(tiny_model_dir))
+    assert load_model(model, device="cpu").dtype == (torch.bfloat16 if NATIVE_BF16 else torch.float32)
+    assert load_model(model, task="reward", device="cpu").dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "dtype, tolerance",
+    [
+        ("float32", 1e-4),
+        pytest.param(
+            "bfloat16",
+            0.1,  # a bfloat16 logit of magnitude ~8 is rounded to 1/32 on its own; layers compound it
+            marks=pytest.mark.skipif(not NATIVE_BF16, reason="oneDNN packs bfloat16 only on CPUs that compute it"),
+        ),
+    ],
+)
+def test_inference_models_on_cpu_run_packed_linear_layers_rows_independent_of_their_batch(
+    tiny_model_dir, tokenizer, dtype, tolerance
+):
+    """load_model is for inference: on CPU its float32 or bfloat16 linear layers are oneDNN-packed
+    (realign_data/kernels.py); the logits stay those of the model transformers loads, up to float rounding, and a
+    row's logits are bit-for-bit the same alone as beside other rows (what seeded samples independent of their
+    batch rest on)."""
     from transformers import AutoModelForCausalLM
 
     from realign_data.kernels import PackedLinear
 
-    packed = load_model(resolve_model(str(tiny_model_dir)), device="cpu")
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    assert packed.dtype == torch.float32  # fp32 on CPU
+    packed = load_model(resolve_model(str(tiny_model_dir)), device="cpu", dtype=dtype)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype)).eval()
+    assert packed.dtype == getattr(torch, dtype)
     assert isinstance(packed.lm_head, PackedLinear) and isinstance(packed.model.layers[0].mlp.up_proj, PackedLinear)
-    batch = tokenizer(["a short answer", "another, somewhat longer answer"], return_tensors="pt", padding=True)
+    ids = torch.randint(0, len(tokenizer), (6, 5), generator=torch.Generator().manual_seed(0))  # no padding
     with torch.no_grad():
-        assert torch.allclose(packed(**batch).logits, plain(**batch).logits, atol=1e-4, rtol=1e-4)
+        logits = packed(ids).logits
+        assert torch.allclose(logits.float(), plain(ids).logits.float(), atol=tolerance, rtol=tolerance)
+        for row in range(len(ids)):
+            assert torch.equal(packed(ids[row : row + 1]).logits[0], logits[row]), row
 
 
 def test_reward_task_loads_a_sequence_classification_head(tiny_model_dir, tokenizer):
@@ -101,5 +135,7 @@ def test_models_show_cli(smollm2):
     assert shown["path"] == str(smollm2.path)
     assert shown["fingerprint"] == smollm2.fingerprint()
     assert shown["chat_template"] is True and shown["architecture"] == "LlamaForCausalLM"
+    if CPU_FLAGS is not None:  # what `dtype: auto` gives generation here
+        assert shown["generation"] == ("cpu, bfloat16" if NATIVE_BF16 else "cpu, float32")
     offline = run_cli("models", "show", "meta-llama/Llama-3.2-1B-Instruct")
     assert offline.returncode == 1 and "pass a local model directory or a .gguf file" in offline.stderr

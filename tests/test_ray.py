@@ -60,7 +60,7 @@ def test_reward_model_scores_on_ray_are_the_local_ones(tmp_path, tiny_model_dir,
     local = local_build_rows(Store(tmp_path / "local"), tiny_config(tiny_model_dir, **reward))
     build = Build(tiny_config(tiny_model_dir, **reward, **on_ray(cluster)), Store(tmp_path / "ray"))
     rows = pair_rows(build.commit(build.run()))
-    assert build.scorer_id().startswith(f"reward:{reward_model_dir}@sha256:")
+    assert build.scorer_id().startswith(f"reward:hf:float32:{reward_model_dir}@sha256:")  # reward batches: float32
     assert rows == local and {row["pair_type"] for row in rows} >= {"on_policy"}
 
 

@@ -135,7 +135,8 @@ def constant_judge(path, tokenizer, probabilities: dict[str, float]) -> LogprobJ
         model.lm_head.weight.copy_(logits[:, None] * hidden[None, :] / hidden.dot(hidden))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return LogprobJudge(HFEngine(resolve_model(str(path)), batch_size=2), TEMPLATE)
+    # float32: the designed probabilities are checked to 1e-4, finer than a bfloat16 logit
+    return LogprobJudge(HFEngine(resolve_model(str(path)), batch_size=2, dtype="float32"), TEMPLATE)
 
 
 def fresh_tokenizer(smollm2, *added):

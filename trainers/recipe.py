@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from realign_data.build import Build
+from realign_data.build import Build, settle_dtypes
 from realign_data.config import BuildConfig, ModelConfig, StrictModel, config_to_dict
 from realign_data.store import Store
 from trainers.config import DatasetInput, PolicyTrainConfig, ReviserTrainConfig
@@ -27,7 +27,7 @@ class RecipeConfig(StrictModel):
 
 
 def _existing_version(store: Store, config: BuildConfig) -> str | None:
-    wanted = config_to_dict(config)
+    wanted = config_to_dict(settle_dtypes(config))  # what a build stores: dtype auto resolved
     matches = [v for v in store.versions(config.dataset) if v.record["config"] == wanted]
     return matches[-1].ref if matches else None
 

@@ -13,8 +13,11 @@ whole KV cache every step and sorts the full vocabulary of every row every step 
   of realign_data/engines/hf.py) and takes the argmax of the noised logits among the tokens the filters keep (an
   exact sample of the filtered softmax);
 - a decoding step attends one row at a time over that row's keys (``row_attention``), prompts are prefilled
-  alone, and float32 linear layers on CPU are row-independent (oneDNN): a sample's logits, and so the sample, are
-  those it gets decoded alone, whatever rows share its steps, so a resumed build regenerates it exactly;
+  alone, and the packed linear layers on CPU are row-independent (oneDNN, float32 or bfloat16): a sample's
+  logits, and so the sample, are those it gets decoded alone, whatever rows share its steps, so a resumed build
+  regenerates it exactly;
+- on CPU the cache holds a bfloat16 model's keys and values in float32 (exactly the same values) and decoding
+  attends in float32: PyTorch's bfloat16 attention on CPU took 3x float32's time for a one-token query;
 - top-p is exact: it is computed on the likeliest tokens only once they hold the top-p mass, on the whole
   vocabulary otherwise.
 
@@ -53,12 +56,13 @@ def row_attention(module, query, key, value, attention_mask, dropout=0.0, scalin
     """SDPA that attends a decoding step over each row's own keys only, rows seeing the same keys together.
     Batched attention over rows of different lengths sums each row's keys at offsets and in blocks set by the
     longest row, so a row's result would depend on its neighbours in the last bits; here it does not (SDPA
-    computes each row and head on its own). Every float32 linear layer on the CPU is row-independent too (oneDNN,
+    computes each row and head on its own). Every packed linear layer on the CPU is row-independent too (oneDNN,
     realign_data/kernels.py), so a sample is decoded exactly as it would be alone. Prefill is plain SDPA."""
     if query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     output = query.new_zeros(query.shape[0], 1, query.shape[1], query.shape[3])
+    query = query.to(key.dtype)  # a bfloat16 model's keys are float32 in the decoder's cache on CPU (SlotLayer)
     for start, end, keys in _STEP_RUNS.of(attention_mask, query.shape[0], key.shape[2]):
         row_key, row_value = (
             (key[start:end, :, keys:], value[start:end, :, keys:])
@@ -358,7 +362,8 @@ class Decoder:
     @staticmethod
     def _empty_layer(like: DynamicLayer) -> SlotLayer:
         shape = (0, like.keys.shape[1], 0, like.keys.shape[3])
-        return SlotLayer(like.keys.new_zeros(shape), like.values.new_zeros(shape), 0, 0)
+        dtype = torch.float32 if like.keys.device.type == "cpu" else like.keys.dtype
+        return SlotLayer(like.keys.new_zeros(shape, dtype=dtype), like.values.new_zeros(shape, dtype=dtype), 0, 0)
 
     def _compact(self, cache, mask, logits, rows):
         """Keep only the running rows, and only the columns they use."""
