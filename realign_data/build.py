@@ -178,14 +178,13 @@ def settle_dtypes(config: BuildConfig) -> BuildConfig:
     """The config with ``dtype: auto`` of every transformers model resolved where it runs (this machine, or Ray's
     CPU workers alike), so that the engines compute in the dtype that the stored config and each text's generator
     id name. vLLM and GPU workers resolve their own ``auto``, and keep it as their label."""
-    gpu_workers = config.execution.backend == "ray" and config.execution.gpus_per_worker > 0
+    on_ray = config.execution.backend == "ray"
 
     def settled(model: ModelConfig, engine: EngineConfig, cpu_bf16: bool) -> ModelConfig:
         if model.dtype != "auto" or engine.kind != "hf":
             return model
-        on_ray = config.execution.backend == "ray"
         device = "cpu" if on_ray and model.device == "auto" else pick_device(model.device)
-        if on_ray and (gpu_workers or device != "cpu"):
+        if on_ray and (config.execution.gpus_per_worker > 0 or device != "cpu"):
             return model
         return model.model_copy(update={"dtype": str(pick_dtype("auto", device, cpu_bf16)).removeprefix("torch.")})
 
